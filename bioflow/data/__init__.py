@@ -1,0 +1,1 @@
+"""Data discovery, validation (manifest), normalization and datasets."""
