@@ -1,0 +1,41 @@
+# bioflow: images -> trained model -> predictions -> metrics -> report.
+#   snakemake --cores all --configfile my.yaml          (workstation)
+#   snakemake --profile profiles/slurm --configfile my.yaml   (SLURM cluster)
+#   snakemake -n                                        (what would run)
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+# The demo is the default only when no --configfile is given: Snakemake would otherwise
+# merge the demo's keys into the user's experiment.
+if not config:
+
+    configfile: "config/config.yaml"
+
+
+
+wildcard_constraints:
+    run_id=r"\d+",
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/infer.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+# Seconds-long stages run on the submitting host even under a cluster profile.
+localrules:
+    all,
+    csv_to_folders,
+    validate_dataset,
+    norm_stats,
+    report,
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True
