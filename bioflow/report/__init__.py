@@ -1,0 +1,157 @@
+"""report.html over all run_ids: metrics as mean ± sd, per-run tables, charts, config, provenance.
+
+The page is self-contained (images embedded as base64) so it can be mailed or moved.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import math
+import platform
+import statistics
+from pathlib import Path
+
+import yaml
+
+from bioflow import __version__
+from bioflow.errors import BioflowError
+from bioflow.io import atomic_path
+
+# metrics.json keys that are not scalar summaries shown in the main table
+_SKIP = {"confusion_matrix", "class_names", "ci95", "per_class", "labels_available", "per_label"}
+
+
+def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Scalar numbers of a (nested) metrics dict as ``{"iou.per_image.foreground": 0.8, ...}``."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if not prefix and key in _SKIP:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) and value is not None:
+            out[name] = float(value)
+        elif isinstance(value, dict):
+            out.update(flatten_metrics(value, prefix=f"{name}."))
+    return out
+
+
+def aggregate(per_run: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean, sample sd and count of every metric over the runs that have it (NaN ignored)."""
+    names = sorted({m for run in per_run.values() for m in run})
+    out = {}
+    for name in names:
+        vals = [run[name] for run in per_run.values() if name in run and not math.isnan(run[name])]
+        if not vals:
+            continue
+        out[name] = {"mean": statistics.fmean(vals),
+                     "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+    return out
+
+
+def _img(path: Path, width: int = 420) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure><img src="data:image/png;base64,{data}" width="{width}">'
+            f'<figcaption>{html.escape(path.name)}</figcaption></figure>')
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}" if abs(x) < 1000 else f"{x:.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _provenance() -> dict[str, str]:
+    info = {"bioflow": __version__, "python": platform.python_version(), "platform": platform.platform(),
+            "generated": dt.datetime.now().isoformat(timespec="seconds")}
+    for mod in ("torch", "pytorch_lightning", "timm", "segmentation_models_pytorch", "snakemake"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # not installed / no __version__: leave it out
+            pass
+    return info
+
+
+def build_html(cfg: dict, run_dirs: list[str | Path]) -> str:
+    run_dirs = [Path(d) for d in run_dirs]
+    metrics, summaries = {}, {}
+    for d in run_dirs:
+        mpath = d / "metrics.json"
+        if not mpath.is_file():
+            raise BioflowError(f"{mpath}: missing; run the metrics stage for this run_id first")
+        metrics[d.name] = json.loads(mpath.read_text())
+        spath = d / "train_summary.json"
+        if spath.is_file():
+            summaries[d.name] = json.loads(spath.read_text())
+    per_run = {name: flatten_metrics(m) for name, m in metrics.items()}
+    agg = aggregate(per_run)
+    exp = cfg["experiment"]
+    title = (cfg.get("report") or {}).get("title") or f"bioflow report: {exp['name']}"
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f"<p>Workflow <b>{html.escape(exp['workflow'])}</b>, {exp.get('ndim', 2)}D, "
+             f"{len(run_dirs)} run(s): {', '.join(html.escape(n) for n in metrics)}.</p>"]
+
+    parts.append("<h2>Test metrics (mean ± sd over runs)</h2>")
+    if agg:
+        rows = [[html.escape(k), f"{_fmt(v['mean'])} ± {_fmt(v['sd'])}", str(v["n"])]
+                + [_fmt(per_run[r][k]) if k in per_run[r] else "" for r in per_run] for k, v in agg.items()]
+        parts.append(_table(["metric", "mean ± sd", "runs"] + list(per_run), rows))
+    else:
+        parts.append("<p>No test labels: predictions only (see predictions.csv in each run folder).</p>")
+
+    cis = {r: m["ci95"] for r, m in metrics.items() if isinstance(m.get("ci95"), dict)}
+    if cis:
+        parts.append("<h2>95% bootstrap confidence intervals</h2>")
+        rows = [[html.escape(r), html.escape(k), f"[{_fmt(lo)}, {_fmt(hi)}]"]
+                for r, ci in cis.items() for k, (lo, hi) in ci.items()]
+        parts.append(_table(["run", "metric", "95% CI"], rows))
+
+    for r, m in metrics.items():
+        if isinstance(m.get("per_class"), dict):
+            parts.append(f"<h3>Per class: {html.escape(r)}</h3>")
+            keys = sorted({k for v in m["per_class"].values() for k in v})
+            rows = [[html.escape(c)] + [_fmt(float(v[k])) if k in v else "" for k in keys]
+                    for c, v in m["per_class"].items()]
+            parts.append(_table(["class"] + keys, rows))
+
+    if summaries:
+        parts.append("<h2>Training</h2>")
+        keys = sorted({k for s in summaries.values() for k, v in s.items()
+                       if isinstance(v, (int, float, str)) and not isinstance(v, bool)})
+        rows = [[html.escape(r)] + [html.escape(str(s.get(k, ""))) for k in keys] for r, s in summaries.items()]
+        parts.append(_table(["run"] + keys, rows))
+
+    max_charts = (cfg.get("report") or {}).get("max_charts", 12)
+    for d in run_dirs:
+        images = sorted(d.glob("*.png")) + sorted((d / "charts").glob("*.png"))
+        if images and max_charts:
+            parts.append(f"<h2>Charts: {html.escape(d.name)}</h2><div class='figs'>")
+            parts.extend(_img(p) for p in images[:max_charts])
+            parts.append("</div>")
+
+    parts.append("<h2>Configuration</h2><pre>" + html.escape(yaml.safe_dump(cfg, sort_keys=False)) + "</pre>")
+    prov = _provenance()
+    parts.append("<h2>Provenance</h2>" + _table(["", ""], [[html.escape(k), html.escape(v)] for k, v in prov.items()]))
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:left}th{background:#f3f3f3}.figs{display:flex;flex-wrap:wrap;gap:1em}"
+             "figure{margin:0}figcaption{font-size:small;color:#555}pre{background:#f7f7f7;padding:1em}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def run(cfg: dict, run_dirs: list[str | Path], out_html: str | Path) -> Path:
+    """Stage `report`: write report.html aggregating ``run_dirs`` (one per run_id)."""
+    page = build_html(cfg, run_dirs)
+    out_html = Path(out_html)
+    with atomic_path(out_html) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
+    return out_html
