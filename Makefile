@@ -1,0 +1,26 @@
+# The two set-up commands of the README. Both install what they need on a fresh machine.
+#   make demo   -> install bioflow, run the demo pipeline, open results/demo_pneumonia/report.html
+#   make test   -> install bioflow + test extras + SLURM (Debian packages), run the test suite
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+CORES ?= all
+
+.PHONY: install install-test system-deps demo test
+
+install:
+	$(PIP) install -e .
+
+install-test:
+	$(PIP) install -e ".[test]"
+
+# SLURM for the cluster integration test (needs root and apt-get; skipped elsewhere, and the
+# test then skips naming the missing binaries).
+system-deps:
+	bash .ci/install_system_deps.sh
+
+demo: install
+	$(PYTHON) -m snakemake --cores $(CORES)
+	@echo "report: results/demo_pneumonia/report.html"
+
+test: system-deps install-test
+	$(PYTHON) -m pytest -ra
