@@ -1,0 +1,550 @@
+"""Stage ``validate_dataset``: scan the data folders, check everything, write the manifest.
+
+Every problem found is collected and raised in ONE :class:`BioflowError`, each naming the
+file (or folder / config key) and what to do: unreadable or truncated files, non-image
+files, wrong number of axes (a 3D file in a 2D config) or channels, class-folder count
+different from ``model.n_classes``, empty class folders, val/test classes unseen in train,
+images without masks and masks without images, pairs whose names differ, mask shape different
+from the image, non-integer masks, mask values >= ``n_classes`` (after
+``data.mask_transform``), NaN/Inf in images, missing folders, images without a row in
+``data.labels_csv`` / ``data.metadata_csv`` or with non-numeric metadata.
+
+Inputs are only read, never modified. Every file is decoded completely (a header alone would
+not reveal a truncated file or NaNs), on a few threads: decoders release the GIL.
+
+Layouts (folders from :func:`bioflow.config.data_paths`):
+
+* classification: ``<split>/<class>/<image>`` (sorted folder names = classes); an unlabelled
+  test set (``data.test_has_labels: false``) holds images directly or in any sub-folders;
+  multi-label (``model.multilabel``): images anywhere under ``<split>/`` plus
+  ``data.labels_csv`` (a file column and one 0/1 column per label; label columns = classes);
+* semantic_segmentation: ``<split>/x/<image>`` and ``<split>/y/<mask>`` with the same file
+  names (extensions may differ); ``test/y`` optional when ``test_has_labels`` is false;
+* patch_classification: class folders as in classification, each image with a defect mask:
+  either ``<class>/x/`` + ``<class>/y/``, or side by side as ``<name>.<ext>`` + ``<name>.png``
+  (the Magnetic-tile layout: JPG image, PNG mask) or ``<name>_mask.<ext>``.
+
+Validation split when ``data.val`` is null (or, with ``data.csv``, when the CSV had no val
+rows): a ``data.val_split`` fraction of train, stratified by class for classification, seeded
+by ``experiment.split_seed``. The split is stored in the manifest so every run_id shares it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from bioflow.data.masks import TRANSFORM_CLASSES
+from bioflow.errors import BioflowError
+from bioflow.io import IMAGE_EXTENSIONS, is_image_file, read_image, read_mask, write_json
+
+log = logging.getLogger(__name__)
+
+IGNORED_FILES = {"thumbs.db", "desktop.ini"}
+MASK_SUFFIXES = ("_mask", "_masks", "_label", "_labels", "_gt")
+MAX_LISTED = 200  # problems listed in the error (the count says how many more)
+_THREADS = min(4, os.cpu_count() or 1)
+
+
+def _files(folder: Path) -> list[Path]:
+    """All non-hidden files under ``folder`` (recursively), sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in filenames
+                   if not f.startswith(".") and f.lower() not in IGNORED_FILES)
+    return sorted(out)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _abs(p) -> str:
+    return os.path.abspath(os.fspath(p))
+
+
+class _Checker:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        e, d, m = cfg["experiment"], cfg["data"], cfg["model"]
+        self.workflow = e["workflow"]
+        self.ndim = int(e.get("ndim", 2))
+        self.channels = int(d.get("channels", 1))
+        self.channel_axis = d.get("channel_axis", "auto")
+        self.n_classes = int(m.get("n_classes", 2))
+        self.multilabel = bool(m.get("multilabel", False)) and self.workflow == "classification"
+        self.mask_transform = d.get("mask_transform", "none")
+        self.test_has_labels = bool(d.get("test_has_labels", True))
+        self.problems: list[str] = []
+
+    def problem(self, msg: str) -> None:
+        self.problems.append(msg)
+
+    # --- one file --------------------------------------------------------------------
+
+    def non_images(self, files: list[Path]) -> list[Path]:
+        images = []
+        for f in files:
+            if is_image_file(f):
+                images.append(f)
+            else:
+                self.problem(f"{f}: not an image file (extension '{f.suffix}'); remove it from "
+                             f"the data folder (supported: {', '.join(IMAGE_EXTENSIONS)})")
+        return images
+
+    def check_image(self, path: Path) -> tuple[dict | None, list[str]]:
+        probs = []
+        try:
+            img = read_image(path, self.ndim, self.channels, self.channel_axis)
+        except BioflowError as exc:
+            return None, [str(exc)]
+        if img.shape[-1] != self.channels:
+            probs.append(f"{path}: has {img.shape[-1]} channel(s) (shape {img.shape[:-1]} x "
+                         f"{img.shape[-1]}) but data.channels is {self.channels}; fix "
+                         f"data.channels / data.channel_axis or convert the file")
+        if np.issubdtype(img.dtype, np.floating) or np.issubdtype(img.dtype, np.complexfloating):
+            if not np.isfinite(img).all():
+                probs.append(f"{path}: holds NaN or Inf values; fix or remove the image")
+        entry = {"path": _abs(path), "shape": [int(s) for s in img.shape], "dtype": img.dtype.name}
+        return entry, probs
+
+    def check_mask(self, path: Path, image_shape) -> tuple[dict | None, list[str]]:
+        try:
+            mask = read_mask(path, self.ndim)
+        except BioflowError as exc:
+            return None, [str(exc)]
+        probs = []
+        info = {"mask": _abs(path), "mask_shape": [int(s) for s in mask.shape],
+                "mask_dtype": mask.dtype.name}
+        if image_shape is not None and tuple(mask.shape) != tuple(image_shape[:-1]):
+            probs.append(f"{path}: mask shape {tuple(mask.shape)} differs from its image's "
+                         f"{tuple(image_shape[:-1])}; masks must match their image pixel for pixel")
+        if not np.issubdtype(mask.dtype, np.integer):
+            probs.append(f"{path}: mask dtype {mask.dtype} is not integer; save masks as "
+                         f"integer label images (uint8 / uint16)")
+            return info, probs
+        if mask.size and mask.min() < 0:
+            probs.append(f"{path}: mask holds negative values; class ids start at 0")
+        if self.workflow == "semantic_segmentation" and self.mask_transform == "none" and mask.size:
+            top = int(mask.max())
+            if top >= self.n_classes:
+                probs.append(f"{path}: mask holds value {top} >= model.n_classes={self.n_classes} "
+                             f"(class ids must be 0..{self.n_classes - 1}); set model.n_classes, or "
+                             f"data.mask_transform: foreground / boundary_interior for instance masks")
+        return info, probs
+
+    def run_parallel(self, fn, items) -> list:
+        """Apply ``fn`` (returning (result, problems)) to items on a few threads, in order."""
+        if not items:
+            return []
+        with ThreadPoolExecutor(_THREADS) as pool:
+            results = list(pool.map(lambda it: fn(*it) if isinstance(it, tuple) else fn(it), items))
+        out = []
+        for res, probs in results:
+            self.problems.extend(probs)
+            out.append(res)
+        return out
+
+    # --- classification ------------------------------------------------------------------
+
+    def scan_classes(self, split: str, root: Path, labelled: bool):
+        """Image files per class folder: ``{class: [paths]}``, or ``{None: [paths]}`` unlabelled."""
+        if not labelled or self.multilabel:
+            return {None: self.non_images(_files(root))}
+        for f in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+                        and p.name.lower() not in IGNORED_FILES):
+            self.problem(f"{f}: file directly in the {split} folder; classification data is "
+                         f"{split}/<class folder>/<image>")
+        per_class = {}
+        for d in _subdirs(root):
+            images = self.non_images(_files(d))
+            if not images:
+                self.problem(f"{d}: empty class folder (no images); add images or remove the folder")
+            per_class[d.name] = images
+        if not per_class:
+            self.problem(f"{root}: no class folders; classification data is {split}/<class>/<image>")
+        return per_class
+
+    # --- segmentation ----------------------------------------------------------------------
+
+    def pair(self, split: str, images: list[Path], masks: list[Path], where: str) -> list[tuple]:
+        """Pair images and masks by file name (stem); report every unpaired or misnamed file."""
+        by_stem_m = {}
+        for m in masks:
+            by_stem_m.setdefault(_pair_stem(m), m)
+        stems_i = {_pair_stem(i) for i in images}
+        pairs, lone_i = [], []
+        for i in images:
+            m = by_stem_m.get(_pair_stem(i))
+            if m is None:
+                lone_i.append(i)
+            else:
+                pairs.append((i, m))
+        lone_m = [m for m in masks if _pair_stem(m) not in stems_i]
+        if lone_i and len(lone_i) == len(lone_m):
+            # sorted-order pairing would pair these: say so, naming both files
+            for i, m in zip(lone_i, lone_m):
+                self.problem(f"{i}: paired by sorted order with mask {m} but the names differ; "
+                             f"give each mask its image's file name")
+        else:
+            for i in lone_i:
+                self.problem(f"{i}: image without a mask in {where} (expected a mask named "
+                             f"{i.stem}.*); add the mask or remove the image")
+            for m in lone_m:
+                self.problem(f"{m}: mask without an image (no {m.stem}.* among the images); "
+                             f"add the image or remove the mask")
+        return pairs
+
+    def check_pair(self, img: Path, mask: Path | None):
+        entry, probs = self.check_image(img)
+        if entry is None or mask is None:
+            if entry is not None:
+                entry.update({"mask": None, "mask_shape": None})
+            return entry, probs
+        info, mprobs = self.check_mask(mask, entry["shape"])
+        if info is None:
+            return None, probs + mprobs
+        entry.update(info)
+        return entry, probs + mprobs
+
+
+def _pair_stem(p: Path) -> str:
+    stem = p.name
+    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    return stem
+
+
+def _csv_table(path, file_column: str, what: str):
+    """(table indexed by file value, value columns) for labels_csv / metadata_csv."""
+    import pandas as pd
+    path = Path(path)
+    if not path.is_file():
+        raise BioflowError(f"{path}: file not found ({what}); check the path")
+    try:
+        table = pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001
+        raise BioflowError(f"{path}: cannot read the CSV ({exc}); check {what}") from None
+    col = file_column if file_column in table.columns else table.columns[0]
+    table[col] = table[col].astype(str).str.strip()
+    values = [c for c in table.columns if c != col]
+    if not values:
+        raise BioflowError(f"{path}: no columns besides the file column '{col}' ({what})")
+    return table, col, values
+
+
+def _row_lookup(table, col) -> dict:
+    index = {}
+    names = Counter(Path(v).name for v in table[col])
+    for i, v in enumerate(table[col]):
+        v = v.replace("\\", "/").removeprefix("./")
+        index.setdefault(v, i)
+        if names[Path(v).name] == 1:
+            index.setdefault(Path(v).name, i)
+    return index
+
+
+def _find_row(index: dict, path: Path, split_root: Path) -> int | None:
+    rel = path.relative_to(split_root).as_posix()
+    for key in (_abs(path), rel, f"{split_root.name}/{rel}", path.name):
+        if key in index:
+            return index[key]
+    return None
+
+
+def _split_val(entries: list[dict], frac: float, seed: int, stratify: bool):
+    """(train, val) entries: a seeded, stratified-when-possible split keeping sorted order."""
+    from sklearn.model_selection import train_test_split
+    n = len(entries)
+    if frac <= 0 or n == 0:
+        return entries, []
+    if n < 2:
+        raise BioflowError(f"data.val_split: only {n} training image(s), nothing to split off; "
+                           f"add images or give data.val")
+    idx = np.arange(n)
+    labels = [e.get("label") for e in entries]
+    strat = labels if stratify and all(isinstance(v, int) for v in labels) else None
+    try:
+        tr, va = train_test_split(idx, test_size=frac, random_state=seed, shuffle=True, stratify=strat)
+    except ValueError:
+        # too few images of some class to stratify: fall back to a plain seeded split
+        log.warning("validation split: cannot stratify (a class has too few images); splitting unstratified")
+        tr, va = train_test_split(idx, test_size=frac, random_state=seed, shuffle=True)
+    if len(tr) == 0:
+        tr, va = va[:-1], va[-1:]
+    return [entries[i] for i in sorted(tr)], [entries[i] for i in sorted(va)]
+
+
+def build_manifest(cfg: dict) -> dict:
+    """Scan and check the data; return the manifest or raise one BioflowError listing all problems."""
+    from bioflow.config import data_paths
+
+    ck = _Checker(cfg)
+    d = cfg["data"]
+    csv_mode = bool(d.get("csv"))
+    paths = data_paths(cfg)
+    wf = ck.workflow
+
+    # which splits to read, and whether val is split from train
+    roots: dict[str, Path] = {}
+    train = paths.get("train")
+    if not train or not Path(train).is_dir():
+        ck.problem(f"data.train: folder {train} not found; check the path"
+                   + (" (run csv_to_folders first)" if csv_mode else ""))
+    else:
+        roots["train"] = Path(train)
+    val_source = "split"
+    for split in ("val", "test"):
+        p = paths.get(split)
+        if not p:
+            continue
+        generated = csv_mode and d.get(split) is None  # csv_to_folders output: may be absent
+        if Path(p).is_dir():
+            roots[split] = Path(p)
+            if split == "val":
+                val_source = "path"
+        elif not generated:
+            ck.problem(f"data.{split}: folder {p} not found; check the path or set it to null")
+
+    if wf == "semantic_segmentation":
+        need = TRANSFORM_CLASSES.get(ck.mask_transform)
+        if need is not None and ck.n_classes < need:
+            ck.problem(f"model.n_classes: {ck.n_classes} but data.mask_transform "
+                       f"{ck.mask_transform} makes {need} classes; set model.n_classes: {need}")
+        elif need is not None and ck.n_classes > need:
+            log.warning("model.n_classes=%d but mask_transform %s makes %d classes",
+                        ck.n_classes, ck.mask_transform, need)
+
+    classes: list[str] = []
+    splits: dict[str, list[dict]] = {}
+    extra: dict = {}
+    if wf == "semantic_segmentation":
+        classes = [str(i) for i in range(ck.n_classes)]
+        for split, root in roots.items():
+            splits[split] = _scan_segmentation(ck, split, root)
+    else:
+        labelled = {s: (s != "test" or ck.test_has_labels) for s in roots}
+        per_split = {s: ck.scan_classes(s, r, labelled[s]) for s, r in roots.items()}
+        if ck.multilabel:
+            classes = _multilabel_classes(ck, cfg)
+        elif "train" in per_split:
+            classes = sorted(per_split["train"])
+            n_expected = ck.n_classes
+            if len(classes) != n_expected and classes:
+                ck.problem(f"{roots['train']}: {len(classes)} class folders ({', '.join(classes)}) "
+                           f"but model.n_classes is {n_expected}; set model.n_classes or fix the folders")
+        for split, per_class in per_split.items():
+            for cls in per_class:
+                if cls is not None and classes and cls not in classes and split != "train":
+                    ck.problem(f"{roots[split] / cls}: class '{cls}' of the {split} set is not "
+                               f"among the train classes {classes}; rename or remove the folder")
+        for split, per_class in per_split.items():
+            if wf == "patch_classification":
+                splits[split] = _scan_patch_split(ck, split, per_class, classes, labelled[split])
+            else:
+                items = [(p, cls) for cls, ps in per_class.items() for p in ps]
+                entries = ck.run_parallel(ck.check_image, [p for p, _ in items])
+                out = []
+                for e, (p, cls) in zip(entries, items):
+                    if e is None:
+                        continue
+                    known = cls is not None and cls in classes
+                    e["label"] = classes.index(cls) if known else None
+                    e["class_name"] = cls if known else None
+                    out.append(e)
+                splits[split] = out
+        if ck.multilabel:
+            _attach_csv(ck, cfg, splits, roots, "labels")
+        if d.get("metadata_csv"):
+            extra["metadata_columns"] = _attach_csv(ck, cfg, splits, roots, "metadata")
+
+    if "train" in splits and not splits["train"] and "train" in roots:
+        ck.problem(f"{roots['train']}: no training images found")
+    if ck.problems:
+        n = len(ck.problems)
+        shown = ck.problems[:MAX_LISTED]
+        if n > MAX_LISTED:
+            shown.append(f"... and {n - MAX_LISTED} more")
+        raise BioflowError(f"validate_dataset: {n} problem(s) in the data", shown)
+
+    seed = int(cfg["experiment"].get("split_seed", 0))
+    if val_source == "split":
+        splits["train"], splits["val"] = _split_val(
+            splits["train"], float(d.get("val_split", 0.1)), seed,
+            stratify=wf != "semantic_segmentation" and not ck.multilabel)
+    for s in ("train", "val", "test"):
+        splits.setdefault(s, [])
+
+    manifest = {
+        "workflow": wf, "ndim": ck.ndim, "channels": ck.channels, "channel_axis": ck.channel_axis,
+        "classes": classes, "n_classes": ck.n_classes, "multilabel": ck.multilabel,
+        "mask_transform": ck.mask_transform if wf == "semantic_segmentation" else None,
+        "val_source": val_source, "val_split": float(d.get("val_split", 0.1)), "split_seed": seed,
+        "test_has_labels": ck.test_has_labels,
+        "data_paths": {s: (_abs(r) if s in roots else None) for s, r in
+                       ((s, roots.get(s)) for s in ("train", "val", "test"))},
+        **extra,
+        "counts": {s: _counts(splits[s], wf) for s in ("train", "val", "test")},
+        "splits": splits,
+    }
+    return manifest
+
+
+def _counts(entries: list[dict], wf: str) -> dict:
+    if wf == "semantic_segmentation":
+        return {"images": len(entries), "with_mask": sum(1 for e in entries if e.get("mask"))}
+    c = Counter(e.get("class_name") or "unlabelled" for e in entries)
+    return {"images": len(entries), **dict(sorted(c.items()))}
+
+
+def _scan_segmentation(ck: _Checker, split: str, root: Path) -> list[dict]:
+    x, y = root / "x", root / "y"
+    need_masks = split != "test" or ck.test_has_labels
+    if not x.is_dir():
+        ck.problem(f"{x}: folder not found; segmentation data is {split}/x/<image> + {split}/y/<mask>")
+        return []
+    images = ck.non_images(_files(x))
+    if not images:
+        ck.problem(f"{x}: no images")
+    if not y.is_dir():
+        if need_masks:
+            ck.problem(f"{y}: folder not found; every {split} image needs a mask in {y}"
+                       + (" (or set data.test_has_labels: false)" if split == "test" else ""))
+        pairs = [(i, None) for i in images]
+    else:
+        pairs = ck.pair(split, images, ck.non_images(_files(y)), y)
+    return [e for e in ck.run_parallel(ck.check_pair, pairs) if e is not None]
+
+
+def _scan_patch_split(ck: _Checker, split, per_class, classes, labelled) -> list[dict]:
+    """Patch classification: every image of each class folder with its defect mask."""
+    items = []
+    for cls, files in per_class.items():
+        files = list(files)
+        folder = files[0].parent if files else None
+        if cls is not None and files:
+            base = next((p for p in files[0].parents if p.name == cls), folder)
+            xs = [f for f in files if f.parent.name == "x"]
+            ys = [f for f in files if f.parent.name == "y"]
+            if xs or ys:
+                pairs = ck.pair(split, xs, ys, base / "y")
+            else:
+                pairs = _side_by_side(ck, files)
+        else:
+            pairs = _side_by_side(ck, files, need_masks=labelled)
+        items.extend((i, m, cls) for i, m in pairs)
+    entries = ck.run_parallel(ck.check_pair, [(i, m) for i, m, _ in items])
+    out = []
+    for e, (_, _, cls) in zip(entries, items):
+        if e is None:
+            continue
+        known = cls is not None and cls in classes
+        e["label"] = classes.index(cls) if known else None
+        e["class_name"] = cls if known else None
+        out.append(e)
+    return out
+
+
+def _side_by_side(ck: _Checker, files: list[Path], need_masks: bool = True) -> list[tuple]:
+    """Pair ``a.jpg`` + ``a.png`` (PNG = mask) or ``a.tif`` + ``a_mask.tif`` in one folder."""
+    groups: dict[tuple, list[Path]] = {}
+    for f in files:
+        stem = _pair_stem(f)
+        for suf in MASK_SUFFIXES:
+            if stem.lower().endswith(suf):
+                stem = stem[: -len(suf)]
+                break
+        groups.setdefault((f.parent, stem), []).append(f)
+    pairs = []
+    for (_, stem), group in sorted(groups.items()):
+        masks = [f for f in group if _pair_stem(f) != stem]  # has a mask suffix
+        if not masks and len(group) == 2:
+            masks = [f for f in group if f.suffix.lower() == ".png"]
+            if len(masks) != 1:
+                masks = []
+        images = [f for f in group if f not in masks]
+        if len(images) == 1 and len(masks) == 1:
+            pairs.append((images[0], masks[0]))
+        elif len(images) == 1 and not masks:
+            if need_masks:
+                ck.problem(f"{images[0]}: image without a defect mask (expected {stem}.png or "
+                           f"{stem}_mask.* beside it); add the mask or remove the image")
+            else:
+                pairs.append((images[0], None))
+        elif not images and masks:
+            ck.problem(f"{masks[0]}: mask without an image; add the image or remove the mask")
+        else:
+            ck.problem(f"{group[0]}: ambiguous files {[g.name for g in group]} for one image; keep "
+                       f"one image and one mask per name")
+    return pairs
+
+
+def _multilabel_classes(ck: _Checker, cfg: dict) -> list[str]:
+    file_col = (cfg["data"].get("csv_options") or {}).get("file_column", "file")
+    try:
+        _, _, labels = _csv_table(cfg["data"]["labels_csv"], file_col, "data.labels_csv")
+    except BioflowError as exc:
+        ck.problem(str(exc))
+        return []
+    if len(labels) != ck.n_classes:
+        ck.problem(f"{cfg['data']['labels_csv']}: {len(labels)} label columns but model.n_classes "
+                   f"is {ck.n_classes}; set model.n_classes: {len(labels)}")
+    return [str(c) for c in labels]
+
+
+def _attach_csv(ck: _Checker, cfg: dict, splits, roots, kind: str):
+    """Add each image's multi-label vector or metadata features from its CSV row."""
+    key = "labels_csv" if kind == "labels" else "metadata_csv"
+    path = cfg["data"][key]
+    file_col = (cfg["data"].get("csv_options") or {}).get("file_column", "file")
+    try:
+        table, col, columns = _csv_table(path, file_col, f"data.{key}")
+    except BioflowError as exc:
+        ck.problem(str(exc))
+        return None
+    import pandas as pd
+    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    index = _row_lookup(table, col)
+    for split, entries in splits.items():
+        unlabelled_ok = kind == "labels" and split == "test" and not ck.test_has_labels
+        for e in entries:
+            row = _find_row(index, Path(e["path"]), roots[split].absolute())
+            if row is None:
+                if not unlabelled_ok:
+                    ck.problem(f"{e['path']}: no row in {path} (data.{key}, file column '{col}'); "
+                               f"add one")
+                if kind == "labels":
+                    e["label"] = None
+                continue
+            v = values[row]
+            if kind == "labels":
+                if not np.isin(v, (0, 1)).all():
+                    ck.problem(f"{e['path']}: labels in {path} row {row + 2} are not all 0/1")
+                    continue
+                e["label"] = [int(a) for a in v]
+                e["class_name"] = None
+            else:
+                if not np.isfinite(v).all():
+                    bad = [c for c, a in zip(columns, v) if not np.isfinite(a)]
+                    ck.problem(f"{e['path']}: non-numeric or empty metadata in {path} row "
+                               f"{row + 2} (columns {bad}); give numbers")
+                    continue
+                e["metadata"] = [float(a) for a in v]
+    return [str(c) for c in columns]
+
+
+def run(cfg: dict, manifest_path) -> dict:
+    """Stage validate_dataset: check the data and write the manifest JSON (atomically)."""
+    manifest = build_manifest(cfg)
+    write_json(manifest_path, manifest)
+    for split in ("train", "val", "test"):
+        log.info("validate_dataset %s: %s", split, manifest["counts"][split])
+    return manifest
