@@ -1,0 +1,78 @@
+"""Shared test fixtures (others may append small fixtures at the end of this file)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "demo_data"
+SHARED_DATA = Path(os.environ.get("BIOFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def demo_data() -> Path:
+    """The bundled demo data folder (committed; always present)."""
+    return DEMO
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """/work/shared/data (real datasets); the test is skipped when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA} (set BIOFLOW_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """``make_cfg(workflow, **sections)`` -> validated config with result_dir under tmp_path.
+
+    ``sections`` are nested dicts merged into the base: ``make_cfg("classification",
+    data={"train": ...}, model={"n_classes": 3})``.
+    """
+    from bioflow.config import deep_update, validate
+
+    def _make(workflow: str = "classification", **sections) -> dict:
+        base = {"experiment": {"name": "test", "workflow": workflow,
+                               "result_dir": str(tmp_path / "results")},
+                "data": {}, "model": {"architecture": "resnet18"}}
+        return validate(deep_update(base, copy.deepcopy(sections)))
+
+    return _make
+
+
+@pytest.fixture
+def pneumonia_folders(tmp_path) -> Path:
+    """A small class-folder tree copied from the demo PNGs: {train,test}/{normal,pneumonia}/*.png
+    (8 train + 3 test images per class)."""
+    import pandas as pd
+    table = pd.read_csv(DEMO / "pneumoniamnist" / "labels.csv")
+    root = tmp_path / "pneumonia"
+    for split, n in (("train", 8), ("test", 3)):
+        for label, rows in table[table["split"] == split].groupby("label"):
+            dst = root / split / label
+            dst.mkdir(parents=True)
+            for f in rows["file"].iloc[:n]:
+                shutil.copy2(DEMO / "pneumoniamnist" / f, dst)
+    return root
+
+
+@pytest.fixture
+def dsb_folders(tmp_path) -> Path:
+    """A copy of demo_data/dsb2018 ({train,test}/{x,y}/*.tif, uint16 instance masks)."""
+    root = tmp_path / "dsb2018"
+    shutil.copytree(DEMO / "dsb2018", root)
+    return root
+
+
+@pytest.fixture
+def nuclei3d_folders(tmp_path) -> Path:
+    """A copy of demo_data/nuclei3d ({train,test}/{x,y}/*.tif, 32x128x128 volumes)."""
+    root = tmp_path / "nuclei3d"
+    shutil.copytree(DEMO / "nuclei3d", root)
+    return root
