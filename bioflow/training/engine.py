@@ -1,0 +1,364 @@
+"""The one Lightning trainer shared by every workflow: :class:`BioflowModule` and :func:`fit`.
+
+A workflow supplies the model, the loss, epoch-level metric functions and a datamodule; this
+module does the rest the same way for all of them: seeding from ``run_id``, optimizer and
+schedule (``bioflow.training.optim``), best / last checkpoints, early stopping, a wall-time
+limit, CSV + TensorBoard logs, PNG charts, augmented sample images, the run summary, and
+resuming after a kill.
+
+Resume rule: the working folder ``<root>/checkpoints/<name>_<run_id>/`` (not a declared
+Snakemake output, so it survives a failed job) holds ``last.ckpt`` and ``config_hash.txt``. A
+rerun resumes from ``last.ckpt`` only when the hash of the training-relevant config matches;
+keys that only say how long or where to train (``RESUME_NEUTRAL_TRAIN_KEYS``) are left out of
+the hash, so raising ``train.epochs`` continues a run while a changed lr starts afresh.
+
+Checkpoints carry ``hyper_parameters`` with at least ``cfg`` (the config sections) and
+``model_extra`` (keyword arguments of ``build_model``), so
+:func:`load_model_from_checkpoint` rebuilds the model from the file alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from bioflow.training import optim
+
+log = logging.getLogger(__name__)
+
+CONFIG_SECTIONS = ("experiment", "data", "model", "train")
+RESUME_NEUTRAL_TRAIN_KEYS = ("epochs", "patience", "max_time_minutes", "num_workers",
+                             "n_sample_images", "devices", "strategy")
+RESUME_NEUTRAL_EXPERIMENT_KEYS = ("run_ids", "result_dir")
+
+
+# --- seeding, hashing --------------------------------------------------------------------
+
+def seed_for(run_id) -> int:
+    """The seed of a run: the run id itself (run 1 and run 2 differ, reruns are identical)."""
+    return int(run_id)
+
+
+def seed_run(run_id) -> int:
+    """Seed python, numpy and torch (and dataloader workers) from ``run_id``. Call it before
+    building the model so initial weights depend on the run id; :func:`fit` calls it again."""
+    seed = seed_for(run_id)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    return seed
+
+
+def training_config(cfg: dict) -> dict:
+    """The config sections a trained model depends on, minus the resume-neutral keys."""
+    out = {k: copy.deepcopy(cfg.get(k)) for k in CONFIG_SECTIONS}
+    for k in RESUME_NEUTRAL_EXPERIMENT_KEYS:
+        (out["experiment"] or {}).pop(k, None)
+    for k in RESUME_NEUTRAL_TRAIN_KEYS:
+        (out["train"] or {}).pop(k, None)
+    return out
+
+
+def config_hash(cfg: dict) -> str:
+    text = json.dumps(training_config(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- the LightningModule ---------------------------------------------------------------
+
+def unpack_batch(batch):
+    """``{"image", "target"[, "meta"]}`` or ``(image, target[, meta])`` -> (x, y, meta)."""
+    if isinstance(batch, dict):
+        return batch["image"], batch.get("target"), batch.get("meta")
+    x, y = batch[0], batch[1]
+    return x, y, (batch[2] if len(batch) > 2 else None)
+
+
+class BioflowModule(pl.LightningModule):
+    """Thin wrapper: forward = ``model(x[, meta])``; logs ``train_loss``, ``val_loss`` and
+    ``val_<name>`` for each ``metric_fns[name](logits, target) -> float tensor``.
+
+    ``epoch_metrics=True`` (default) evaluates the metrics once per epoch on the concatenated
+    validation outputs (needed for AUC); ``False`` averages them over batches (use it when the
+    outputs are too large to keep, e.g. 3D segmentation).
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable, train_cfg: dict,
+                 metric_fns: dict[str, Callable] | None = None, hparams: dict | None = None,
+                 epoch_metrics: bool = True):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.train_cfg = dict(train_cfg)
+        self.metric_fns = dict(metric_fns or {})
+        self.epoch_metrics = epoch_metrics
+        self.monitor, self.mode = "val_loss", "min"
+        self.save_hyperparameters(dict(hparams or {}))
+        self._val_logits, self._val_targets = [], []
+
+    def forward(self, x, meta=None):
+        return self.model(x) if meta is None else self.model(x, meta)
+
+    def training_step(self, batch, batch_idx):
+        x, y, meta = unpack_batch(batch)
+        loss = self.loss_fn(self(x, meta), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=x.shape[0], sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y, meta = unpack_batch(batch)
+        logits = self(x, meta)
+        loss = self.loss_fn(logits, y)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=x.shape[0], sync_dist=True)
+        if self.epoch_metrics:
+            self._val_logits.append(logits.detach().float())
+            self._val_targets.append(y.detach())
+        else:
+            for name, fn in self.metric_fns.items():
+                self.log(f"val_{name}", torch.as_tensor(fn(logits.detach().float(), y), dtype=torch.float32),
+                         on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+        return loss
+
+    def on_validation_epoch_end(self):
+        if not (self.epoch_metrics and self._val_logits and self.metric_fns):
+            self._val_logits, self._val_targets = [], []
+            return
+        logits, target = torch.cat(self._val_logits), torch.cat(self._val_targets)
+        self._val_logits, self._val_targets = [], []
+        if self.trainer.world_size > 1:  # every rank computes the metric on all outputs
+            logits = self.all_gather(logits).flatten(0, 1)
+            target = self.all_gather(target).flatten(0, 1)
+        logits, target = logits.cpu(), target.cpu()
+        for name, fn in self.metric_fns.items():
+            value = torch.as_tensor(fn(logits, target), dtype=torch.float32)
+            self.log(f"val_{name}", value, on_step=False, on_epoch=True, prog_bar=True)
+
+    def configure_optimizers(self):
+        epochs = max(int(self.trainer.max_epochs or self.train_cfg.get("epochs", 1)), 1)
+        total = self.trainer.estimated_stepping_batches
+        spe = max(int(total // epochs), 1) if np.isfinite(total) else 1
+        return optim.configure(self.model.parameters(), self.train_cfg, spe, epochs,
+                               monitor=self.monitor, mode=self.mode)
+
+
+def load_model_from_checkpoint(ckpt_path, map_location="cpu"):
+    """(model in eval mode, hyper_parameters) from a checkpoint written by :func:`fit`."""
+    from bioflow.errors import BioflowError
+    from bioflow.models import build_model
+    p = Path(ckpt_path)
+    if not p.is_file():
+        raise BioflowError(f"{p}: checkpoint not found; run the train stage first")
+    ck = torch.load(p, map_location=map_location, weights_only=False)
+    hp = ck.get("hyper_parameters") or {}
+    if "cfg" not in hp:
+        raise BioflowError(f"{p}: not a bioflow checkpoint (no cfg in hyper_parameters); retrain")
+    cfg = copy.deepcopy(hp["cfg"])
+    cfg["model"]["weights"] = None  # the checkpoint's own weights follow
+    cfg["model"]["pretrained"] = False
+    model = build_model(cfg, **(hp.get("model_extra") or {}))
+    state = {k[len("model."):]: v for k, v in ck["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    model.eval()
+    return model, hp
+
+
+# --- fit ---------------------------------------------------------------------------------
+
+def _precision(value) -> str:
+    value = str(value)
+    if value == "auto":
+        return "16-mixed" if torch.cuda.is_available() else "32-true"
+    return "32-true" if value == "32" else value
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _copy_weights_only(src: Path, dst: Path) -> None:
+    """Copy a checkpoint without optimizer / scheduler state (inference needs neither)."""
+    from bioflow.io import atomic_path
+    ck = torch.load(src, map_location="cpu", weights_only=False)
+    for k in ("optimizer_states", "lr_schedulers"):
+        ck.pop(k, None)
+    with atomic_path(dst) as tmp:
+        torch.save(ck, tmp)
+
+
+def _old_log_rows(metrics_csv: Path, up_to_epoch: int):
+    import pandas as pd
+    if not metrics_csv.is_file():
+        return None
+    df = pd.read_csv(metrics_csv)
+    return df[df["epoch"] <= up_to_epoch] if "epoch" in df else None
+
+
+def _merge_logs(metrics_csv: Path, old) -> None:
+    import pandas as pd
+    if old is None or old.empty:
+        return
+    new = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame()
+    merged = pd.concat([old, new], ignore_index=True)
+    tmp = metrics_csv.with_name(".metrics.csv.tmp")
+    merged.to_csv(tmp, index=False)
+    os.replace(tmp, metrics_csv)
+
+
+def _dataset_of(datamodule):
+    ds = getattr(datamodule, "train_dataset", None)
+    if ds is None:
+        ds = datamodule.train_dataloader().dataset
+    return ds
+
+
+def save_augmented_samples(datamodule, out_dir: Path, n: int, seed: int, class_names=None) -> list[Path]:
+    """``n`` augmented training samples as ``aug_samples_<i>.png`` (mask outline if any)."""
+    from bioflow.training.charts import save_sample
+    if n <= 0:
+        return []
+    ds = _dataset_of(datamodule)
+    if ds is None or len(ds) == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(ds), size=min(n, len(ds)), replace=False)
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)  # dataset items draw their augmentation seed from torch
+    written = []
+    try:
+        for i, j in enumerate(idx):
+            x, y, _ = unpack_batch(ds[int(j)])
+            x = np.asarray(x)
+            mask, title = None, None
+            if y is not None:
+                y = np.asarray(y)
+                if y.ndim == x.ndim - 1 and y.shape == x.shape[1:]:
+                    mask = y
+                elif y.ndim == 0 and class_names:
+                    title = str(class_names[int(y)])
+            written.append(save_sample(x, out_dir / f"aug_samples_{i}.png", mask, title))
+    finally:
+        torch.set_rng_state(state)
+    return written
+
+
+def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir,
+        monitor: str = "val_loss", mode: str = "min") -> dict:
+    """Train ``module`` on ``datamodule``; returns (and writes) ``run_dir/train_summary.json``.
+
+    ``ckpt_path``: the declared best checkpoint ``<root>/checkpoints/<name>_<run_id>-best.ckpt``,
+    written atomically at the end (weights + hyper_parameters, no optimizer state).
+    """
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from bioflow.io import write_json
+    from bioflow.training.charts import plot_history
+
+    tc = cfg["train"]
+    ckpt_path, run_dir = Path(ckpt_path), Path(run_dir)
+    name = cfg["experiment"]["name"]
+    work = ckpt_path.parent / f"{name}_{run_id}"
+    logs = run_dir / "train_logs"
+    charts = run_dir / "charts"
+    seed = seed_run(run_id)
+
+    # resume only a run of the same training config
+    h = config_hash(cfg)
+    hash_file, last = work / "config_hash.txt", work / "last.ckpt"
+    resume_from, old_rows, start_epoch = None, None, 0
+    if last.is_file() and hash_file.is_file() and hash_file.read_text().strip() == h:
+        try:
+            start_epoch = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"]) + 1
+            resume_from = str(last)
+            old_rows = _old_log_rows(logs / "metrics.csv", start_epoch - 1)
+            log.info("resuming from %s at epoch %d", last, start_epoch)
+        except Exception as exc:  # noqa: BLE001 - a truncated last.ckpt (killed mid-write)
+            log.warning("cannot resume from %s (%s); starting afresh", last, exc)
+            resume_from, start_epoch = None, 0
+    if resume_from is None:
+        if work.exists():
+            log.info("config changed or no last checkpoint: starting afresh in %s", work)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(logs, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    _atomic_text(hash_file, h + "\n")
+
+    module.monitor, module.mode = monitor, mode
+    ckpt_cb = ModelCheckpoint(dirpath=work, filename="best-{epoch:03d}", monitor=monitor, mode=mode,
+                              save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                              enable_version_counter=False)
+    callbacks = [ckpt_cb, LearningRateMonitor(logging_interval="epoch")]
+    es = None
+    if int(tc.get("patience", 0)) > 0:
+        es = EarlyStopping(monitor=monitor, mode=mode, patience=int(tc["patience"]))
+        callbacks.append(es)
+    max_time = tc.get("max_time_minutes")
+    if max_time:
+        callbacks.append(Timer(duration=timedelta(minutes=float(max_time)), interval="epoch"))
+    loggers = [CSVLogger(save_dir=run_dir, name="train_logs", version=""),
+               TensorBoardLogger(save_dir=run_dir, name="train_logs", version="tensorboard",
+                                 default_hp_metric=False)]
+    steps = tc.get("steps_per_epoch")
+    trainer = pl.Trainer(
+        max_epochs=int(tc["epochs"]), accelerator="auto", devices=tc.get("devices", "auto"),
+        strategy=tc.get("strategy", "auto"), precision=_precision(tc.get("precision", "auto")),
+        callbacks=callbacks, logger=loggers, default_root_dir=str(work),
+        limit_train_batches=int(steps) if steps else 1.0, enable_progress_bar=False,
+        log_every_n_steps=10, num_sanity_val_steps=0, enable_model_summary=False)
+    t0 = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    wall = time.time() - t0
+
+    if not trainer.is_global_zero:
+        return {}
+    _merge_logs(logs / "metrics.csv", old_rows)
+    best = ckpt_cb.best_model_path or ckpt_cb.last_model_path or (str(last) if last.is_file() else "")
+    if not best or not Path(best).is_file():
+        from bioflow.errors import BioflowError
+        raise BioflowError(f"{work}: training wrote no checkpoint; check train.epochs and the data")
+    _copy_weights_only(Path(best), ckpt_path)
+
+    timer = next((c for c in callbacks if isinstance(c, Timer)), None)
+    if es is not None and es.stopped_epoch > 0:
+        reason = "early_stopping"
+    elif timer is not None and (timer.time_remaining("train") or 0) <= 0:
+        reason = "max_time"
+    else:
+        reason = "max_epochs"
+    charts.mkdir(parents=True, exist_ok=True)
+    chart_files = plot_history(logs / "metrics.csv", charts)
+    class_names = module.hparams.get("class_names") if hasattr(module, "hparams") else None
+    sample_files = save_augmented_samples(datamodule, charts, int(tc.get("n_sample_images", 0)), seed,
+                                          class_names)
+    score = ckpt_cb.best_model_score
+    best_epoch = None
+    try:
+        best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"])
+    except Exception:  # noqa: BLE001
+        pass
+    summary = {
+        "run_id": run_id, "seed": seed, "monitor": monitor, "mode": mode,
+        "best_score": None if score is None else float(score), "best_epoch": best_epoch,
+        "epochs_run": int(trainer.current_epoch), "start_epoch": start_epoch,
+        "resumed": resume_from is not None, "max_epochs": int(tc["epochs"]),
+        "stop_reason": reason, "wall_time_s": round(wall, 2),
+        "config_hash": h, "best_checkpoint": str(ckpt_path), "working_dir": str(work),
+        "device": str(trainer.strategy.root_device), "precision": str(trainer.precision),
+        "charts": [str(p) for p in chart_files + sample_files],
+    }
+    write_json(run_dir / "train_summary.json", summary)
+    return summary

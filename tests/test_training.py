@@ -1,0 +1,178 @@
+"""The shared Lightning engine: fit, checkpoints, logs, charts, resume after a kill."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from bioflow.training import engine, optim
+
+
+class Toy(Dataset):
+    """Two linearly separable classes; items are dicts like the real datasets'."""
+
+    def __init__(self, n=32, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.arange(n) % 2
+        self.x = torch.randn(n, 1, 8, 8, generator=g) + self.y.view(-1, 1, 1, 1) * 2.0
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "target": self.y[i]}
+
+
+class ToyDM(pl.LightningDataModule):
+    def __init__(self):
+        super().__init__()
+        self.train_dataset, self.val_dataset = Toy(32, 0), Toy(16, 1)
+
+    def train_dataloader(self):
+        return DataLoader(self.train_dataset, batch_size=8, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_dataset, batch_size=8)
+
+
+def _cfg(tmp_path, **train):
+    tc = {"epochs": 2, "patience": 0, "batch_size": 8, "optimizer": "adam", "lr": 1e-2,
+          "weight_decay": 0.0, "momentum": 0.9, "scheduler": "warmup_cosine", "warmup_epochs": 1,
+          "loss": "ce", "max_time_minutes": None, "steps_per_epoch": None, "precision": "auto",
+          "devices": "auto", "strategy": "auto", "n_sample_images": 2, "num_workers": 0}
+    tc.update(train)
+    return {"experiment": {"name": "toy", "workflow": "classification", "ndim": 2, "run_ids": [1],
+                           "result_dir": str(tmp_path)},
+            "data": {"channels": 1, "patch_size": [8, 8]},
+            "model": {"architecture": "simple_cnn", "n_classes": 2, "features": [4, 8]},
+            "train": tc}
+
+
+def _acc(logits, target):
+    return (logits.argmax(1) == target).float().mean()
+
+
+def _run(tmp_path, cfg):
+    from bioflow.models import build_model
+    from bioflow.training.losses import build_loss
+    engine.seed_run(1)
+    model = build_model(cfg)
+    module = engine.BioflowModule(model, build_loss(cfg["train"], 2), cfg["train"], {"acc": _acc},
+                                  {"cfg": cfg, "class_names": ["a", "b"], "model_extra": {}})
+    root = tmp_path / "toy"
+    return engine.fit(cfg, 1, module, ToyDM(), root / "checkpoints" / "toy_1-best.ckpt",
+                      root / "results" / "toy_1", monitor="val_acc", mode="max")
+
+
+def test_fit_writes_checkpoint_logs_charts_and_resumes(tmp_path):
+    cfg = _cfg(tmp_path)
+    s = _run(tmp_path, cfg)
+    root = tmp_path / "toy"
+    best = root / "checkpoints" / "toy_1-best.ckpt"
+    run = root / "results" / "toy_1"
+    assert best.is_file() and (root / "checkpoints" / "toy_1" / "last.ckpt").is_file()
+    assert s["epochs_run"] == 2 and s["start_epoch"] == 0 and s["stop_reason"] == "max_epochs"
+    assert json.loads((run / "train_summary.json").read_text())["best_score"] == pytest.approx(s["best_score"])
+    import pandas as pd
+    log = pd.read_csv(run / "train_logs" / "metrics.csv")
+    assert {"train_loss", "val_loss", "val_acc"} <= set(log.columns)
+    assert (run / "charts" / "loss.png").is_file() and (run / "charts" / "val_acc.png").is_file()
+    assert len(list((run / "charts").glob("aug_samples_*.png"))) == 2
+    assert list((run / "train_logs" / "tensorboard").glob("events.*"))
+    # the checkpoint alone rebuilds the model (no optimizer state in the declared copy)
+    ck = torch.load(best, weights_only=False)
+    assert "optimizer_states" not in ck and ck["hyper_parameters"]["class_names"] == ["a", "b"]
+    model, hp = engine.load_model_from_checkpoint(best)
+    assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 2)
+
+    # a "killed" run: the declared output is gone; rerun with more epochs resumes at epoch 2
+    best.unlink()
+    s2 = _run(tmp_path, _cfg(tmp_path, epochs=3))
+    assert s2["resumed"] and s2["start_epoch"] == 2 and s2["epochs_run"] == 3
+    log = pd.read_csv(run / "train_logs" / "metrics.csv")
+    assert sorted(log.dropna(subset=["train_loss"])["epoch"].unique()) == [0, 1, 2]
+    assert best.is_file()
+
+    # a changed lr must not resume the stale run
+    s3 = _run(tmp_path, _cfg(tmp_path, epochs=3, lr=5e-3))
+    assert not s3["resumed"] and s3["start_epoch"] == 0 and s3["epochs_run"] == 3
+
+
+def test_early_stopping_and_summary_reason(tmp_path):
+    cfg = _cfg(tmp_path, epochs=30, patience=1, lr=1e-9, scheduler="none", n_sample_images=0)
+    s = _run(tmp_path, cfg)
+    assert s["stop_reason"] == "early_stopping" and s["epochs_run"] < 30
+
+
+def test_config_hash_ignores_duration_keys_only():
+    base = {"experiment": {"name": "a", "run_ids": [1]}, "data": {}, "model": {"architecture": "x"},
+            "train": {"epochs": 2, "lr": 1e-3, "patience": 3}}
+    other = json.loads(json.dumps(base))
+    other["train"]["epochs"], other["train"]["patience"], other["experiment"]["run_ids"] = 9, 1, [1, 2]
+    assert engine.config_hash(base) == engine.config_hash(other)
+    other["train"]["lr"] = 1e-4
+    assert engine.config_hash(base) != engine.config_hash(other)
+
+
+@pytest.mark.parametrize("sched", ["warmup_cosine", "one_cycle"])
+def test_lr_factor_shapes(sched):
+    total, warm = 100, 10
+    f = [optim.lr_factor(sched, s, total, warm) for s in range(total)]
+    peak = int(np.argmax(f))
+    assert max(f) == pytest.approx(1.0, abs=1e-3)
+    assert all(a <= b + 1e-12 for a, b in zip(f[:peak], f[1:peak + 1]))  # rises to the peak
+    assert all(a >= b - 1e-12 for a, b in zip(f[peak:], f[peak + 1:]))  # then falls
+    assert f[-1] < 0.02
+    if sched == "warmup_cosine":
+        assert peak == warm and f[0] == pytest.approx(1 / 11)
+        assert f[-1] == pytest.approx(optim.COSINE_MIN)
+    else:
+        assert f[0] == pytest.approx(1 / optim.ONE_CYCLE_DIV) and peak == 30
+    # past the end (a resumed run with more epochs) stays finite and low
+    assert 0 <= optim.lr_factor(sched, 500, total, warm) < 0.02
+
+
+def test_lr_factor_warmup_cosine_midpoint():
+    # half-way through the cosine part: (1 + min) / 2
+    assert optim.lr_factor("warmup_cosine", 0 + 50, 101, 0) == pytest.approx((1 + optim.COSINE_MIN) / 2)
+
+
+@pytest.mark.parametrize("name,cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
+                                      ("sgd", torch.optim.SGD)])
+def test_optimizers(name, cls):
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    out = optim.configure(p, {"optimizer": name, "lr": 0.1, "weight_decay": 0.01, "scheduler": "none"}, 5, 2)
+    assert isinstance(out["optimizer"], cls) and out["optimizer"].param_groups[0]["lr"] == 0.1
+    assert "lr_scheduler" not in out
+
+
+def test_schedulers_step_the_lr():
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    out = optim.configure(p, {"optimizer": "sgd", "lr": 1.0, "scheduler": "one_cycle"}, 10, 2)
+    opt, sch = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    assert out["lr_scheduler"]["interval"] == "step"
+    assert opt.param_groups[0]["lr"] == pytest.approx(1 / optim.ONE_CYCLE_DIV)
+    lrs = []
+    for _ in range(20):
+        opt.step()
+        sch.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert max(lrs) == pytest.approx(1.0, abs=0.02) and lrs[-1] < 0.01
+    rop = optim.configure(p, {"optimizer": "adam", "lr": 1.0, "scheduler": "reduce_on_plateau",
+                              "patience": 4}, 10, 2, monitor="val_auc", mode="max")
+    assert rop["lr_scheduler"]["monitor"] == "val_auc"
+    assert isinstance(rop["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def test_unknown_optimizer_and_scheduler_list_valid_names():
+    from bioflow.errors import BioflowError
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    with pytest.raises(BioflowError, match="train.optimizer.*adamw"):
+        optim.configure(p, {"optimizer": "lion", "lr": 1.0}, 1, 1)
+    with pytest.raises(BioflowError, match="train.scheduler.*warmup_cosine"):
+        optim.configure(p, {"optimizer": "adam", "lr": 1.0, "scheduler": "step"}, 1, 1)
