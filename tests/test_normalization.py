@@ -1,0 +1,136 @@
+"""normalize() math, compute_stats exactness, and the norm_stats stage on demo data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bioflow.data import normalization as nz
+from bioflow.errors import BioflowError
+
+RNG = np.random.default_rng(1)
+
+
+def _images(n=6, shape=(20, 24, 2), dtype=np.uint16):
+    return [(RNG.random(shape) * 3000 + 100 * c).astype(dtype) for c in range(n)]
+
+
+def test_compute_stats_exact_mean_std_min_max_and_percentiles():
+    ims = _images()
+    s = nz.compute_stats(ims, percentiles=(2, 98))
+    px = np.concatenate([i.reshape(-1, 2) for i in ims]).astype(np.float64)
+    np.testing.assert_allclose(s["mean"], px.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(s["std"], px.std(0), rtol=1e-10)
+    np.testing.assert_array_equal(s["min"], px.min(0))
+    np.testing.assert_array_equal(s["max"], px.max(0))
+    # the sample covers every pixel here, so percentiles are exact
+    np.testing.assert_allclose(s["percentile_low"], np.percentile(px, 2, axis=0), rtol=1e-5)
+    np.testing.assert_allclose(s["percentile_high"], np.percentile(px, 98, axis=0), rtol=1e-5)
+    assert s["channels"] == 2 and s["dtype"] == "uint16" and s["dtype_max"] == 65535.0
+
+
+def test_compute_stats_sample_is_bounded_and_seeded():
+    ims = _images(n=10, shape=(100, 100, 1))
+    a = nz.compute_stats(ims, sample_budget=5000, n_images=10)
+    b = nz.compute_stats(ims, sample_budget=5000, n_images=10)
+    assert a["n_sampled"] == 10 * 500 and a["n_pixels"] == 100_000
+    assert a == b
+    px = np.concatenate([i.ravel() for i in ims]).astype(float)
+    assert abs(a["percentile_high"][0] - np.percentile(px, 99.8)) < 0.02 * px.max()
+
+
+def test_compute_stats_rejects_mixed_channels():
+    with pytest.raises(BioflowError, match="channels"):
+        nz.compute_stats([np.zeros((4, 4, 1)), np.zeros((4, 4, 2))])
+
+
+def test_zscore_with_train_stats_standardises_the_train_set():
+    ims = _images()
+    s = nz.compute_stats(ims)
+    out = np.concatenate([nz.normalize(i, s, {"type": "zscore"}).reshape(-1, 2) for i in ims])
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(out.std(0), 1, atol=1e-4)
+
+
+def test_zscore_per_image_ignores_stats_and_3d_works():
+    vol = (RNG.random((4, 10, 12, 1)) * 50 + 7).astype(np.float32)
+    out = nz.normalize(vol, None, {"type": "zscore", "per_image": True})
+    assert out.shape == vol.shape
+    assert abs(out.mean()) < 1e-5 and abs(out.std() - 1) < 1e-4
+    const = np.full((5, 5, 1), 3, np.uint8)  # zero std must not divide by zero
+    assert np.isfinite(nz.normalize(const, None, {"type": "zscore", "per_image": True})).all()
+
+
+def test_percentile_clips_and_scales_to_unit_range():
+    ims = _images()
+    s = nz.compute_stats(ims, percentiles=(1, 99))
+    out = nz.normalize(ims[0], s, {"type": "percentile", "percentiles": [1, 99]})
+    assert out.min() >= 0 and out.max() <= 1
+    lo, hi = s["percentile_low"][0], s["percentile_high"][0]
+    x = ims[0][..., 0].astype(np.float64)
+    np.testing.assert_allclose(out[..., 0], (np.clip(x, lo, hi) - lo) / (hi - lo), rtol=1e-5, atol=1e-6)
+    per = nz.normalize(ims[0], None, {"type": "percentile", "per_image": True, "percentiles": [0, 100]})
+    np.testing.assert_allclose(per.min(axis=(0, 1)), 0) and np.testing.assert_allclose(per.max(axis=(0, 1)), 1)
+    with pytest.raises(BioflowError, match="percentiles"):
+        nz.normalize(ims[0], s, {"type": "percentile", "percentiles": [2, 98]})
+
+
+def test_scale_range_dtype_max_and_observed_max():
+    u8 = np.array([[0, 51, 255]], np.uint8)[..., None]
+    np.testing.assert_allclose(nz.normalize(u8, None, {"type": "scale_range"})[..., 0], [[0, 0.2, 1]])
+    u16 = np.array([[65535, 0]], np.uint16)[..., None]
+    np.testing.assert_allclose(nz.normalize(u16, None, {"type": "scale_range"})[..., 0], [[1, 0]])
+    f = np.array([[1.0, 4.0]], np.float32)[..., None]
+    np.testing.assert_allclose(nz.normalize(f, {"max": [8.0]}, {"type": "scale_range"})[..., 0], [[0.125, 0.5]])
+    np.testing.assert_allclose(nz.normalize(f, None, {"type": "scale_range", "per_image": True})[..., 0], [[0.25, 1]])
+    with pytest.raises(BioflowError, match="norm_stats"):
+        nz.normalize(f, None, {"type": "scale_range"})
+
+
+def test_none_is_a_float_copy_and_cfg_forms_accepted():
+    a = np.arange(6, dtype=np.uint8).reshape(2, 3, 1)
+    out = nz.normalize(a, None, {"data": {"normalization": {"type": "none"}}})
+    assert out.dtype == np.float32 and np.array_equal(out, a) and out is not a
+
+
+def test_channel_mismatch_and_bad_type():
+    s = nz.compute_stats(_images())
+    with pytest.raises(BioflowError, match="channel"):
+        nz.normalize(np.zeros((4, 4, 3), np.uint8), s, {"type": "zscore"})
+    with pytest.raises(BioflowError, match="data.normalization.type"):
+        nz.normalize(np.zeros((4, 4, 1)), s, {"type": "minmax"})
+
+
+def test_norm_stats_stage_on_demo_segmentation(make_cfg, demo_data, tmp_path):
+    from bioflow.data.validate import run as validate
+    cfg = make_cfg("semantic_segmentation",
+                   data={"train": str(demo_data / "dsb2018" / "train"), "mask_transform": "foreground"})
+    manifest = tmp_path / "manifest.json"
+    validate(cfg, manifest)
+    paths = [tmp_path / n for n in ("norm.json", "mean.npy", "std.npy")]
+    stats = nz.run(cfg, manifest, *paths)
+    assert json.loads(paths[0].read_text())["mean"] == stats["mean"]
+    assert np.load(paths[1]).shape == (1,) and np.load(paths[1]).dtype == np.float32
+    np.testing.assert_allclose(np.load(paths[2]), stats["std"], rtol=1e-6)
+    # train split only: recompute from the manifest's train entries
+    from bioflow.data.manifest import load_manifest, read_entry_image
+    m = load_manifest(manifest)
+    px = np.concatenate([read_entry_image(m, e).ravel() for e in m["splits"]["train"]]).astype(float)
+    n_files = len(list((demo_data / "dsb2018" / "train" / "x").iterdir()))
+    assert stats["n_images"] == len(m["splits"]["train"]) == n_files - len(m["splits"]["val"])
+    assert len(m["splits"]["val"]) >= 1  # val was split off and is excluded
+    np.testing.assert_allclose(stats["mean"][0], px.mean(), rtol=1e-9)
+    assert nz.load_stats(paths[0]) == stats
+    again = nz.run(cfg, manifest, *paths)
+    assert again == stats
+
+
+def test_load_stats_errors_name_the_file(tmp_path):
+    with pytest.raises(BioflowError, match="missing.json"):
+        nz.load_stats(tmp_path / "missing.json")
+    (tmp_path / "x.json").write_text("{\"a\": 1}")
+    with pytest.raises(BioflowError, match="x.json"):
+        nz.load_stats(tmp_path / "x.json")
