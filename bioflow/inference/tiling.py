@@ -1,0 +1,282 @@
+"""Sliding-window (tiled) inference as pure functions, 2D and 3D alike.
+
+Modelled on nnU-Net v2's sliding-window helpers (``compute_steps_for_sliding_window``,
+``compute_gaussian``), extended with BiaPy's *padding*: each tile carries ``padding`` pixels of
+context on every side that are predicted but discarded, so only the tile's *core*
+(``tile - 2 * padding``) is blended into the output.
+
+Geometry (per spatial axis, image size ``n``, tile ``t``, padding ``p``, core ``c = t - 2p``):
+
+- the image is extended to ``e = max(n, c)`` and then reflect-padded by ``p`` on both sides;
+- core starts ``s`` come from :func:`compute_steps` over ``e`` with window ``c``: the cores cover
+  ``[0, e)`` exactly, the first at 0 and the last ending at ``e``;
+- the tile for core start ``s`` reads padded rows ``[s, s + t)`` and writes its core
+  ``[p, p + c)`` to output rows ``[s, s + c)``.
+
+The driver :func:`predict_tiled` walks the tile rows along the first spatial axis in order and
+hands finished output rows to a ``write`` callback as soon as no later tile can touch them, so the
+same code serves in-memory arrays and chunk-by-chunk streaming (see ``bioflow.inference.streaming``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from bioflow.errors import BioflowError
+
+
+# --- steps and weights ---------------------------------------------------------------------
+
+def compute_steps(size: int, window: int, overlap: float) -> list[int]:
+    """Start positions of windows of length ``window`` covering ``[0, size)`` exactly.
+
+    ``overlap`` is the fraction of the window shared with its neighbour (0 = none). As in
+    nnU-Net, the number of windows is the smallest that respects the target step
+    ``window * (1 - overlap)``, and the actual step is spread evenly so the last window ends
+    exactly at ``size``.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    if size < window:
+        raise ValueError(f"size {size} is smaller than the window {window}; pad the image first")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    target = max(1.0, window * (1.0 - overlap))
+    n = int(math.ceil((size - window) / target)) + 1
+    if n == 1:
+        return [0]
+    actual = (size - window) / (n - 1)
+    return [int(round(actual * i)) for i in range(n)]
+
+
+def gaussian_weights(shape: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """nnU-Net's importance map: a separable gaussian centred on the window, max 1, all > 0.
+
+    ``sigma = sigma_scale * size`` per axis. Zeros (underflow far from the centre) are replaced
+    by the smallest positive value so every pixel keeps a positive weight.
+    """
+    w = np.ones((), dtype=np.float64)
+    for n in shape:
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        sigma = max(sigma_scale * n, 1e-6)
+        w = np.multiply.outer(w, np.exp(-0.5 * (x / sigma) ** 2))
+    w = w / w.max()
+    positive = w[w > 0]
+    w[w <= 0] = positive.min() if positive.size else 1.0
+    return w.astype(np.float32)
+
+
+def blending_weights(shape: Sequence[int], mode: str = "gaussian") -> np.ndarray:
+    """Weights of one tile core for blending: ``gaussian`` (nnU-Net) or ``constant`` (mean)."""
+    if mode == "gaussian":
+        return gaussian_weights(shape)
+    if mode == "constant":
+        return np.ones(tuple(shape), dtype=np.float32)
+    raise BioflowError(f"inference.blending: '{mode}' is not supported; use gaussian or constant")
+
+
+# --- the tile plan -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TilePlan:
+    image_shape: tuple[int, ...]   # spatial shape of the image
+    tile: tuple[int, ...]          # tile (network input) shape
+    padding: tuple[int, ...]       # context discarded on each side of a tile
+    core: tuple[int, ...]          # tile - 2 * padding
+    extent: tuple[int, ...]        # max(image, core): the grid the cores cover
+    steps: tuple[tuple[int, ...], ...]   # core starts per axis
+
+    @property
+    def ndim(self) -> int:
+        return len(self.image_shape)
+
+    @property
+    def padded_shape(self) -> tuple[int, ...]:
+        return tuple(e + 2 * p for e, p in zip(self.extent, self.padding))
+
+    @property
+    def pad_width(self) -> list[tuple[int, int]]:
+        """np.pad widths that turn the image into the padded grid the tiles read."""
+        return [(p, p + e - n) for n, e, p in zip(self.image_shape, self.extent, self.padding)]
+
+    def starts(self) -> list[tuple[int, ...]]:
+        return list(itertools.product(*self.steps))
+
+    def __len__(self) -> int:
+        return int(np.prod([len(s) for s in self.steps]))
+
+
+def plan_tiles(image_shape: Sequence[int], tile: Sequence[int], overlap: float,
+               padding: int | Sequence[int]) -> TilePlan:
+    """Plan the tiles for an image of spatial shape ``image_shape`` (see module docstring)."""
+    image_shape = tuple(int(n) for n in image_shape)
+    tile = tuple(int(t) for t in tile)
+    if len(tile) != len(image_shape):
+        raise BioflowError(f"data.patch_size: {len(tile)} values for a {len(image_shape)}-D image "
+                           f"of shape {image_shape}")
+    pad = (int(padding),) * len(tile) if np.isscalar(padding) else tuple(int(p) for p in padding)
+    core = tuple(t - 2 * p for t, p in zip(tile, pad))
+    if min(core) < 1:
+        raise BioflowError(f"inference.padding: {max(pad)} leaves no tile core for tiles of "
+                           f"{list(tile)}; use a padding below half the patch size")
+    if not 0 <= overlap < 1:
+        raise BioflowError(f"inference.overlap: {overlap} must be in [0, 1)")
+    extent = tuple(max(n, c) for n, c in zip(image_shape, core))
+    steps = tuple(tuple(compute_steps(e, c, overlap)) for e, c in zip(extent, core))
+    return TilePlan(image_shape, tile, pad, core, extent, steps)
+
+
+def pad_indices(n: int, before: int, after: int) -> np.ndarray:
+    """Source index of every position of an axis of length ``n`` reflect-padded by (before, after).
+
+    ``np.pad(..., mode='reflect')`` on an ``arange``; a length-1 axis repeats its single value.
+    Indexing with this map equals ``np.pad`` on the data, but works on a slab of a larger file.
+    """
+    mode = "reflect" if n > 1 else "edge"
+    return np.pad(np.arange(n), (before, after), mode=mode)
+
+
+def pad_image(image: np.ndarray, plan: TilePlan) -> np.ndarray:
+    """The padded grid the tiles read; ``image`` is (*spatial, c)."""
+    out = image
+    for ax, (b, a) in enumerate(plan.pad_width):
+        out = np.take(out, pad_indices(image.shape[ax], b, a), axis=ax)
+    return out
+
+
+# --- the driver ----------------------------------------------------------------------------
+
+def _batched(items, n):
+    it = iter(items)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
+
+
+def predict_tiled(read_rows: Callable[[int, int], np.ndarray],
+                  predict_fn: Callable[[np.ndarray], np.ndarray],
+                  plan: TilePlan, n_out: int,
+                  write_rows: Callable[[int, np.ndarray], None],
+                  blending: str = "gaussian", batch_size: int = 4) -> None:
+    """Blend tile predictions into the output, streaming along the first spatial axis.
+
+    ``read_rows(a, b)`` returns rows ``[a, b)`` (first axis) of the *padded* image, all other
+    axes padded too: shape ``(b - a, *padded_shape[1:], c)``. ``predict_fn(batch)`` maps
+    ``(B, *tile, c)`` float32 to ``(B, *tile, n_out)``. ``write_rows(a, rows)`` receives final,
+    normalised output rows ``[a, a + len(rows))`` of the image, shape ``(n, *image_shape[1:], n_out)``,
+    in increasing order, each row exactly once.
+
+    Peak memory is one tile row of input plus at most ``core + step`` rows of accumulators,
+    whatever the image size along the first axis.
+    """
+    p, c, t = plan.padding, plan.core, plan.tile
+    n0 = plan.image_shape[0]
+    rest = plan.extent[1:]
+    w = blending_weights(c, blending)
+    inner = [slice(pp, pp + cc) for pp, cc in zip(p, c)]
+
+    # accumulators for extent rows [lo, hi)
+    lo = 0
+    acc = np.zeros((0, *rest, n_out), dtype=np.float32)
+    wsum = np.zeros((0, *rest), dtype=np.float32)
+    steps0 = plan.steps[0]
+    others = list(itertools.product(*plan.steps[1:]))
+
+    def flush(upto):
+        nonlocal lo, acc, wsum
+        upto = min(upto, plan.extent[0])
+        if upto <= lo:
+            return
+        k = upto - lo
+        out_rows = acc[:k] / wsum[:k, ..., None]
+        a, b = lo, min(upto, n0)
+        if b > a:
+            crop = (slice(0, b - a),) + tuple(slice(0, n) for n in plan.image_shape[1:])
+            write_rows(a, np.ascontiguousarray(out_rows[crop]))
+        acc, wsum = acc[k:], wsum[k:]
+        lo = upto
+
+    for gi, s0 in enumerate(steps0):
+        slab = read_rows(s0, s0 + t[0])
+        hi_needed = s0 + c[0]
+        grow = hi_needed - (lo + acc.shape[0])
+        if grow > 0:
+            acc = np.concatenate([acc, np.zeros((grow, *rest, n_out), np.float32)])
+            wsum = np.concatenate([wsum, np.zeros((grow, *rest), np.float32)])
+        for group in _batched(others, batch_size):
+            tiles = np.stack([slab[(slice(None),) + tuple(slice(s, s + tt) for s, tt in zip(st, t[1:]))]
+                              for st in group]).astype(np.float32, copy=False)
+            pred = np.asarray(predict_fn(tiles), dtype=np.float32)
+            if pred.shape != (len(group), *t, n_out):
+                raise ValueError(f"predict_fn returned {pred.shape}, expected {(len(group), *t, n_out)}")
+            for st, pr in zip(group, pred):
+                core_pred = pr[tuple(inner)]
+                dst = (slice(s0 - lo, s0 - lo + c[0]),) + tuple(slice(s, s + cc) for s, cc in zip(st, c[1:]))
+                acc[dst] += core_pred * w[..., None]
+                wsum[dst] += w
+        # rows before the next tile row's start are final
+        nxt = steps0[gi + 1] if gi + 1 < len(steps0) else plan.extent[0]
+        flush(nxt)
+
+
+def predict_tiled_array(image: np.ndarray, predict_fn, plan_or_tile, n_out: int,
+                        overlap: float = 0.25, padding: int = 0, blending: str = "gaussian",
+                        batch_size: int = 4) -> np.ndarray:
+    """In-memory convenience: tiled prediction of ``image`` (*spatial, c) -> (*spatial, n_out)."""
+    spatial = image.shape[:-1]
+    plan = plan_or_tile if isinstance(plan_or_tile, TilePlan) else plan_tiles(spatial, plan_or_tile, overlap, padding)
+    padded = pad_image(image, plan)
+    out = np.empty((*spatial, n_out), dtype=np.float32)
+
+    def write(a, rows):
+        out[a:a + len(rows)] = rows
+
+    predict_tiled(lambda a, b: padded[a:b], predict_fn, plan, n_out, write, blending, batch_size)
+    return out
+
+
+def split_patches(image: np.ndarray, tile: Sequence[int]) -> tuple[list[tuple[int, ...]], TilePlan]:
+    """Non-overlapping patch grid (no context) for per-patch evaluation: starts and plan."""
+    plan = plan_tiles(image.shape[:-1], tile, 0.0, 0)
+    return plan.starts(), plan
+
+
+# --- test-time augmentation ---------------------------------------------------------------
+
+def tta_transforms(ndim: int, square_yx: bool = True) -> list[tuple[tuple[int, ...], int]]:
+    """(flip axes, number of 90° rotations in y,x) pairs over spatial axes of a (*spatial, c) sample.
+
+    2D: the 8 symmetries of the square (rot90 only when tiles are square); 3D: the 8 flip
+    combinations of z, y, x (rotations would mix anisotropic axes).
+    """
+    axes = tuple(range(ndim))
+    flips = [f for r in range(len(axes) + 1) for f in itertools.combinations(axes, r)]
+    if ndim == 2:
+        rots = range(4) if square_yx else [0]
+        return [(f, k) for k in rots for f in ([(), (1,)] if square_yx else flips)]
+    return [(f, 0) for f in flips]
+
+
+def apply_tta(batch: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], ndim: int) -> np.ndarray:
+    """Average ``fn`` over the TTA transforms of ``batch`` (B, *spatial, c), each inverted back."""
+    sp = tuple(range(1, ndim + 1))
+    square = batch.shape[ndim - 1] == batch.shape[ndim]
+    total = None
+    transforms = tta_transforms(ndim, square)
+    for flip, k in transforms:
+        x = batch
+        if flip:
+            x = np.flip(x, axis=tuple(a + 1 for a in flip))
+        if k:
+            x = np.rot90(x, k, axes=(sp[-2], sp[-1]))
+        y = np.asarray(fn(np.ascontiguousarray(x)), dtype=np.float32)
+        if k:
+            y = np.rot90(y, -k, axes=(sp[-2], sp[-1]))
+        if flip:
+            y = np.flip(y, axis=tuple(a + 1 for a in flip))
+        total = y.copy() if total is None else total + y
+    return total / len(transforms)

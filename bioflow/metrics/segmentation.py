@@ -1,0 +1,181 @@
+"""Segmentation metrics: IoU (Jaccard) and Dice per class and for the foreground.
+
+Counts first, ratios second: :func:`confusion_counts` gives per-class true positives, false
+positives and false negatives (the last entry is the foreground, i.e. any class but 0, as one
+class); IoU = TP / (TP + FP + FN) and Dice = 2 TP / (2 TP + FP + FN). A class absent from both
+prediction and ground truth has an undefined score (NaN) and is left out of means.
+
+Levels, as BiaPy reports them: ``per_patch`` (the model's raw output on non-overlapping patches,
+computed by predict), ``per_image`` (images reconstructed from tiles), ``full_image`` (whole-image
+inference), ``post_processing`` (z / yz filtered). Each level holds the mean over its items of
+``foreground`` and ``class_<k>``, ``mean`` (over classes) and ``foreground_pooled`` (counts summed
+over every pixel of the level, the "global" IoU).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from bioflow.errors import BioflowError
+
+log = logging.getLogger(__name__)
+
+LEVELS = {"per_image": "per_image", "full_image": "full_image", "post_processing": "full_post_processing"}
+
+
+# --- pure functions --------------------------------------------------------------------------
+
+def confusion_counts(pred: np.ndarray, gt: np.ndarray, n_classes: int, ignore_index=None) -> np.ndarray:
+    """``(n_classes + 1, 3)`` int64 array of (TP, FP, FN); row ``n_classes`` is the foreground."""
+    pred = np.asarray(pred).ravel()
+    gt = np.asarray(gt).ravel()
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction and ground truth differ in size: {pred.size} vs {gt.size}")
+    if ignore_index is not None:
+        keep = gt != ignore_index
+        pred, gt = pred[keep], gt[keep]
+    k = n_classes
+    cm = np.bincount(gt.astype(np.int64) * k + np.clip(pred.astype(np.int64), 0, k - 1),
+                     minlength=k * k).reshape(k, k)  # rows gt, cols pred
+    tp = np.diag(cm)
+    fp = cm.sum(0) - tp
+    fn = cm.sum(1) - tp
+    fg_tp = cm[1:, 1:].sum()
+    fg_fp = cm[0, 1:].sum()
+    fg_fn = cm[1:, 0].sum()
+    out = np.zeros((k + 1, 3), dtype=np.int64)
+    out[:k, 0], out[:k, 1], out[:k, 2] = tp, fp, fn
+    out[k] = (fg_tp, fg_fp, fg_fn)
+    return out
+
+
+def iou_from_counts(counts: np.ndarray) -> np.ndarray:
+    tp, fp, fn = (np.asarray(counts, dtype=np.float64)[..., i] for i in range(3))
+    den = tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, tp / np.where(den > 0, den, 1), np.nan)
+
+
+def dice_from_counts(counts: np.ndarray) -> np.ndarray:
+    tp, fp, fn = (np.asarray(counts, dtype=np.float64)[..., i] for i in range(3))
+    den = 2 * tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), np.nan)
+
+
+def iou(pred, gt, n_classes: int, ignore_index=None) -> dict:
+    """IoU per class and foreground for one prediction (``{"class_0": .., "foreground": ..}``)."""
+    return _named(iou_from_counts(confusion_counts(pred, gt, n_classes, ignore_index)), n_classes)
+
+
+def dice(pred, gt, n_classes: int, ignore_index=None) -> dict:
+    return _named(dice_from_counts(confusion_counts(pred, gt, n_classes, ignore_index)), n_classes)
+
+
+def _f(v) -> float | None:
+    v = float(v)
+    return None if np.isnan(v) else v
+
+
+def _named(values: np.ndarray, n_classes: int) -> dict:
+    out = {f"class_{k}": _f(values[k]) for k in range(n_classes)}
+    out["foreground"] = _f(values[n_classes])
+    return out
+
+
+def summarize(counts_list: list[np.ndarray], n_classes: int, score=iou_from_counts) -> dict:
+    """Mean over items (NaN-skipping) per class and foreground, mean over classes, pooled foreground."""
+    if not counts_list:
+        return {}
+    arr = np.stack(counts_list)
+    scores = score(arr)                       # (items, n_classes + 1)
+    with warnings.catch_warnings():           # all-NaN columns (class never present) stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(scores, axis=0)
+        class_mean = np.nanmean(means[:n_classes])
+    out = _named(means, n_classes)
+    out["mean"] = _f(class_mean)
+    out["foreground_pooled"] = _f(score(arr.sum(0))[n_classes])
+    out["n"] = int(len(counts_list))
+    return out
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+def _label_image(path: Path, ndim: int, n_classes: int) -> np.ndarray:
+    """A prediction TIFF as class ids: label images as they are, probability maps argmaxed."""
+    import tifffile
+    arr = tifffile.imread(path)
+    if arr.ndim == ndim + 1 and arr.shape[-1] == n_classes and np.issubdtype(arr.dtype, np.floating):
+        return np.argmax(arr, axis=-1)
+    return arr
+
+
+def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
+    """Stage metrics: ``run_dir/metrics.json`` + ``run_dir/metrics_per_image.csv``."""
+    import pandas as pd
+    from bioflow.data.manifest import entries, load_manifest, relative_name
+    from bioflow.data.segmentation import read_mask
+    from bioflow.io import atomic_path, read_json, write_json
+
+    run_dir = Path(run_dir)
+    manifest = load_manifest(manifest_path)
+    n_classes = int(cfg["model"]["n_classes"])
+    ndim = int(cfg["experiment"]["ndim"])
+    ignore = cfg.get("train", {}).get("ignore_index")
+    test = entries(manifest, "test")
+    labelled = [e for e in test if e.get("mask")]
+    result: dict = {"run_id": run_id, "n_classes": n_classes, "n_test_images": len(test)}
+    if not cfg["data"].get("test_has_labels", True) or not labelled:
+        result["labels_available"] = False
+        write_json(run_dir / "metrics.json", result)
+        log.info("metrics: test set has no labels; nothing to score")
+        return result
+    result["labels_available"] = True
+
+    counts = {lvl: [] for lvl in LEVELS}
+    rows = []
+    for e in labelled:
+        name = relative_name(e)
+        gt = read_mask(manifest, e)
+        row = {"file": name}
+        for lvl, folder in LEVELS.items():
+            path = run_dir / folder / (Path(name).stem + ".tif")
+            if not path.is_file():
+                if lvl == "post_processing" and not (run_dir / folder).is_dir():
+                    continue
+                if lvl != "post_processing":
+                    raise BioflowError(f"{path}: prediction missing; rerun predict for run {run_id}")
+                continue
+            pred = _label_image(path, ndim, n_classes)
+            if pred.shape != gt.shape:
+                raise BioflowError(f"{path}: prediction shape {pred.shape} differs from the mask "
+                                   f"{e['mask']} {gt.shape}; rerun predict")
+            c = confusion_counts(pred, gt, n_classes, ignore)
+            counts[lvl].append(c)
+            for metric, fn in (("iou", iou_from_counts), ("dice", dice_from_counts)):
+                vals = fn(c)
+                row[f"{lvl}_{metric}_foreground"] = _f(vals[n_classes])
+                for k in range(n_classes):
+                    row[f"{lvl}_{metric}_class_{k}"] = _f(vals[k])
+        rows.append(row)
+
+    patch_file = run_dir / "patch_metrics.json"
+    if patch_file.is_file():
+        patches = read_json(patch_file).get("patches", [])
+        counts["per_patch"] = [np.asarray(p["counts"], dtype=np.int64) for p in patches]
+    for metric, fn in (("iou", iou_from_counts), ("dice", dice_from_counts)):
+        result[metric] = {lvl: summarize(counts[lvl], n_classes, fn)
+                          for lvl in ("per_patch", "per_image", "full_image", "post_processing")
+                          if counts.get(lvl)}
+    result["n_scored_images"] = len(rows)
+    write_json(run_dir / "metrics.json", result)
+    with atomic_path(run_dir / "metrics_per_image.csv") as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    iou_ = result["iou"]
+    log.info("metrics: foreground IoU %s", {k: v.get("foreground") for k, v in iou_.items()})
+    return result
