@@ -1,0 +1,79 @@
+"""Augmentation: 2D/3D by rank, masks stay aligned, seeded reproducibility."""
+
+import numpy as np
+import pytest
+import torch
+
+from bioflow.training.augment import affine_matrix, augment, tta_ops
+
+ALL = {"enabled": True, "flips": True, "rot90": True, "affine": False, "brightness_contrast": False,
+       "gaussian_noise": False, "probability": 1.0}
+
+
+def _blobs(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    m = np.zeros(shape, np.uint8)
+    for _ in range(4):
+        c = [rng.integers(min(3, s // 2), max(s - 3, s // 2 + 1)) for s in shape]
+        sl = tuple(slice(max(ci - 2, 0), ci + 3) for ci in c)
+        m[sl] = rng.integers(1, 4)
+    return m
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (6, 16, 16)])
+def test_geometric_transforms_keep_image_equal_to_mask(shape):
+    m = _blobs(shape)
+    for seed in range(10):
+        img, mask = augment(m[None].astype(np.float32), m, ALL, np.random.default_rng(seed))
+        assert img.shape == (1, *shape) and mask.shape == shape
+        np.testing.assert_array_equal(img[0], mask)  # flips / rot90: exact
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (4, 32, 32)])
+def test_affine_image_bilinear_mask_nearest_stay_aligned(shape):
+    m = _blobs(shape, 1)
+    cfg = {**ALL, "flips": False, "rot90": False, "affine": True}
+    img, mask = augment(m[None].astype(np.float32), m, cfg, np.random.default_rng(3))
+    assert set(np.unique(mask)) <= set(np.unique(m))  # nearest: no new label values
+    assert not np.array_equal(mask, m)  # it did move
+    assert (np.round(img[0]) == mask).mean() > 0.97  # and the image moved the same way
+
+
+def test_affine_leaves_z_alone():
+    mat, off = affine_matrix(3, (5, 9, 9), 30.0, 1.0, (0.0, 0.0))
+    assert mat[0].tolist() == [1.0, 0.0, 0.0] and off[0] == 0.0
+
+
+def test_rotation_in_last_two_axes_only_3d():
+    # a volume varying only along z keeps its z profile under any geometric transform
+    vol = np.broadcast_to(np.arange(5, dtype=np.float32)[:, None, None], (5, 8, 8))[None].copy()
+    cfg = {**ALL, "flips": False}
+    out, _ = augment(vol, None, cfg, np.random.default_rng(0))
+    np.testing.assert_array_equal(out, vol)
+
+
+def test_intensity_transforms_touch_image_only_and_are_seeded():
+    m = _blobs((16, 16))
+    img = m[None].astype(np.float32) + 1
+    cfg = {**ALL, "flips": False, "rot90": False, "brightness_contrast": True, "gaussian_noise": True}
+    a, ma = augment(img, m, cfg, np.random.default_rng(5))
+    b, mb = augment(img, m, cfg, np.random.default_rng(5))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ma, m)
+    assert not np.allclose(a, img)
+
+
+def test_disabled_and_nonsquare():
+    img = np.random.default_rng(0).random((2, 8, 12)).astype(np.float32)
+    out, _ = augment(img, None, {**ALL, "enabled": False}, np.random.default_rng(0))
+    np.testing.assert_array_equal(out, img)
+    out, _ = augment(img, None, {**ALL, "flips": False}, np.random.default_rng(0))
+    assert out.shape == img.shape  # non-square: rotations keep the shape (180 degrees only)
+
+
+def test_tta_ops_invert():
+    x = torch.randn(2, 1, 4, 6, 6)
+    ops = tta_ops(x.shape[2:])
+    assert len(ops) == 1 + 3 + 3
+    for fwd, inv in ops:
+        torch.testing.assert_close(inv(fwd(x)), x)
