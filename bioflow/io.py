@@ -340,6 +340,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden temporary folder next to ``path``; swap it in for ``path`` on success.
+
+    An existing ``path`` is moved aside, the new folder renamed into place, then the old one
+    deleted (two renames: a killed job leaves either the old or the new tree, plus at most a
+    hidden leftover). On an exception the temporary folder is removed and ``path`` kept.
+    """
+    import shutil
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
 def _remove(p: Path) -> None:
     import shutil
     if p.is_dir() and not p.is_symlink():

@@ -20,15 +20,14 @@ at the end, so a rerun produces the same tree and a killed run leaves the previo
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from bioflow.errors import BioflowError
+from bioflow.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -169,17 +168,6 @@ def _write_npz(cfg: dict, tmp: Path) -> dict:
     return counts
 
 
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``tmp`` (two renames; the old tree is removed afterwards)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def run(cfg: dict, out_dir) -> dict:
     """Stage csv_to_folders. Returns ``{split: {class: count}}`` (also logged)."""
     d = cfg["data"]
@@ -188,19 +176,9 @@ def run(cfg: dict, out_dir) -> dict:
     src = Path(d["csv"])
     if not src.is_file():
         raise BioflowError(f"{src}: file not found (data.csv); give the path of the CSV or .npz")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.mkdir()
-        if src.suffix.lower() == ".npz":
-            counts = _write_npz(cfg, tmp)
-        else:
-            counts = _write_csv(_plan_csv(cfg), tmp)
-        _swap_in(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    plan = None if src.suffix.lower() == ".npz" else _plan_csv(cfg)  # all CSV errors first
+    with atomic_dir(out_dir) as tmp:
+        counts = _write_npz(cfg, tmp) if plan is None else _write_csv(plan, tmp)
     result = {s: dict(sorted(counts[s].items())) for s in ("train", "val", "test") if s in counts}
     for split, per_class in result.items():
         log.info("csv_to_folders %s: %d images: %s", split, sum(per_class.values()),
