@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Start / stop a real single-node SLURM cluster on this machine, for tests and demos.
 #
-#   .ci/slurm_cluster.sh start   [STATE_DIR]   # idempotent; prints `export SLURM_CONF=...`
+#   .ci/slurm_cluster.sh start   [STATE_DIR]   # idempotent
 #   .ci/slurm_cluster.sh status  [STATE_DIR]
 #   .ci/slurm_cluster.sh stop    [STATE_DIR]
 #
 # Needs the Debian packages `slurmctld slurmd slurm-client munge` (installs nothing itself)
 # and root (slurmd launches jobs as their owner). STATE_DIR defaults to $BIOFLOW_SLURM_DIR or
-# /tmp/bioflow-slurm; it holds slurm.conf, gres.conf, spool/state dirs and the logs
+# /tmp/bioflow-slurm; it holds the spool/state dirs and the logs
 # (STATE_DIR/log/{slurmctld,slurmd}.log, munged's in /var/log/munge/munged.log).
-# The system's /etc/slurm is left alone: clients find the cluster through SLURM_CONF.
+# The config goes to /etc/slurm/slurm.conf + gres.conf, where every SLURM client looks: a
+# SLURM_CONF variable would not do, the executor plugin's job step drops SLURM_* variables
+# before its nested srun. An /etc/slurm/slurm.conf not written by this script is never touched.
 #
 # The node:
 #  - partitions `cpu` (default) and `gpu`, the names profiles/slurm/config.yaml uses;
@@ -22,7 +24,8 @@ set -euo pipefail
 
 cmd=${1:-start}
 STATE=${2:-${BIOFLOW_SLURM_DIR:-/tmp/bioflow-slurm}}
-CONF=$STATE/slurm.conf
+CONF=/etc/slurm/slurm.conf
+MARK='# written by .ci/slurm_cluster.sh'
 LOG=$STATE/log
 HOST=$(hostname -s)
 MIN_CPUS=16
@@ -60,9 +63,9 @@ write_conf() {
     cpus=$(nproc); [ "$cpus" -ge $MIN_CPUS ] || cpus=$MIN_CPUS
     mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 ))
     [ "$mem" -ge $MIN_MEM_MB ] || mem=$MIN_MEM_MB
-    mkdir -p "$STATE/state" "$STATE/spool" "$LOG"
+    mkdir -p "$STATE/state" "$STATE/spool" "$LOG" /etc/slurm
     cat > "$CONF.tmp" <<EOF
-# written by .ci/slurm_cluster.sh
+$MARK
 ClusterName=bioflow
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
@@ -96,17 +99,20 @@ PartitionName=gpu Nodes=$HOST MaxTime=INFINITE State=UP
 EOF
     mv "$CONF.tmp" "$CONF"
     # One fake device file per GPU: slurmd then exports CUDA_VISIBLE_DEVICES as on a GPU node.
-    cat > "$STATE/gres.conf" <<EOF
+    cat > /etc/slurm/gres.conf <<EOF
+$MARK
 NodeName=$HOST Name=gpu Count=$N_GPUS File=/dev/null,/dev/zero
 EOF
 }
 
-node_state() { SLURM_CONF=$CONF sinfo -h -n "$HOST" -o '%t' 2>/dev/null | head -1; }
+node_state() { sinfo -h -n "$HOST" -o '%t' 2>/dev/null | head -1; }
 
 start() {
     need_binaries
+    if [ -e "$CONF" ] && ! grep -qxF "$MARK" "$CONF"; then
+        die "$CONF exists and was not written by this script; not touching a real cluster's config"
+    fi
     start_munge
-    export SLURM_CONF=$CONF
     if pid_alive "$STATE/slurmctld.pid" && pid_alive "$STATE/slurmd.pid" && scontrol ping >/dev/null 2>&1; then
         echo "slurm_cluster: already running"
     else
@@ -128,7 +134,6 @@ start() {
     esac
     echo "slurm_cluster: up; node $HOST ($(node_state)), partitions: $(sinfo -h -o '%P' | tr '\n' ' ')"
     echo "slurm_cluster: logs in $LOG (slurmctld.log, slurmd.log), munged in /var/log/munge"
-    echo "export SLURM_CONF=$CONF"
 }
 
 stop_daemons() {
@@ -146,9 +151,8 @@ case "$cmd" in
     start) start ;;
     stop) stop_daemons; echo "slurm_cluster: stopped (munged left running; logs kept in $LOG)" ;;
     status)
-        if pid_alive "$STATE/slurmctld.pid" && SLURM_CONF=$CONF scontrol ping >/dev/null 2>&1; then
+        if pid_alive "$STATE/slurmctld.pid" && scontrol ping >/dev/null 2>&1; then
             echo "slurm_cluster: running; node state $(node_state); logs in $LOG"
-            echo "export SLURM_CONF=$CONF"
         else
             echo "slurm_cluster: not running"; exit 1
         fi ;;
