@@ -90,10 +90,12 @@ def cls_missing_path(root, tmp):
     return {"data": {"test": str(p)}}, [p, "data.test"]
 
 
-def cls_image_outside_class_folder(root, tmp):
-    p = root / "train" / "loose.png"
-    shutil.copy(_first(root / "train" / "normal"), p)
-    return {}, [p]
+def cls_image_in_nested_folder_of_unseen_val_class(root, tmp):
+    p = root / "val" / "other" / "deep"
+    p.mkdir(parents=True)
+    shutil.copy(_first(root / "train" / "normal"), p / "a.png")
+    shutil.copytree(root / "test" / "normal", root / "val" / "normal")
+    return {"data": {"val": str(root / "val")}}, [root / "val" / "other", "val set"]
 
 
 def seg_truncated_tiff(root, tmp):
@@ -183,7 +185,7 @@ def cls_metadata_not_numeric(root, tmp):
 
 CLS_CASES = [cls_truncated_png, cls_text_file, cls_wrong_channels, cls_3d_file_in_2d_config,
              cls_class_count, cls_empty_class_folder, cls_unseen_test_class, cls_nan_image,
-             cls_missing_path, cls_image_outside_class_folder, cls_multilabel_missing_row,
+             cls_missing_path, cls_image_in_nested_folder_of_unseen_val_class, cls_multilabel_missing_row,
              cls_metadata_not_numeric]
 SEG_CASES = [seg_truncated_tiff, seg_image_without_mask, seg_mask_without_image,
              seg_mismatched_pair_names, seg_mask_shape_mismatch, seg_float_mask,
@@ -302,6 +304,16 @@ def test_classification_manifest_and_seeded_stratified_split(pneumonia_folders, 
     assert run(cfg, tmp_path / "m2.json")["splits"]["val"] == va
     other = _cls_cfg(make_cfg, pneumonia_folders, data={"val_split": 0.25}, experiment={"split_seed": 7})
     assert run(other, tmp_path / "m3.json")["splits"]["val"] != va
+
+
+def test_files_outside_class_folders_are_ignored_and_listed(pneumonia_folders, make_cfg, tmp_path, caplog):
+    loose = pneumonia_folders / "train" / "README.md"
+    loose.write_text("about this data")
+    shutil.copy(_first(pneumonia_folders / "train" / "normal"), pneumonia_folders / "train" / "overview.png")
+    m = run(_cls_cfg(make_cfg, pneumonia_folders), tmp_path / "m.json")
+    assert m["ignored_files"] == [str(loose.parent / "README.md"), str(loose.parent / "overview.png")]
+    assert "overview.png" in caplog.text
+    assert len(m["splits"]["train"]) + len(m["splits"]["val"]) == 16
 
 
 def test_given_val_folder_and_unlabelled_test(pneumonia_folders, make_cfg, tmp_path):

@@ -82,6 +82,7 @@ class _Checker:
         self.mask_transform = d.get("mask_transform", "none")
         self.test_has_labels = bool(d.get("test_has_labels", True))
         self.problems: list[str] = []
+        self.ignored: list[str] = []
 
     def problem(self, msg: str) -> None:
         self.problems.append(msg)
@@ -157,10 +158,14 @@ class _Checker:
         """Image files per class folder: ``{class: [paths]}``, or ``{None: [paths]}`` unlabelled."""
         if not labelled or self.multilabel:
             return {None: self.non_images(_files(root))}
-        for f in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
-                        and p.name.lower() not in IGNORED_FILES):
-            self.problem(f"{f}: file directly in the {split} folder; classification data is "
-                         f"{split}/<class folder>/<image>")
+        loose = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.name.lower() not in IGNORED_FILES)
+        if loose:
+            # not in any class folder, so not data (real sets ship README / overview figures
+            # there); listed in the manifest and logged rather than failing the run
+            log.warning("%s: %d file(s) outside the class folders ignored: %s", root, len(loose),
+                        ", ".join(p.name for p in loose[:10]))
+            self.ignored.extend(_abs(p) for p in loose)
         per_class = {}
         for d in _subdirs(root):
             images = self.non_images(_files(d))
@@ -337,10 +342,16 @@ def build_manifest(cfg: dict) -> dict:
             classes = _multilabel_classes(ck, cfg)
         elif "train" in per_split:
             classes = sorted(per_split["train"])
-            n_expected = ck.n_classes
-            if len(classes) != n_expected and classes:
-                ck.problem(f"{roots['train']}: {len(classes)} class folders ({', '.join(classes)}) "
-                           f"but model.n_classes is {n_expected}; set model.n_classes or fix the folders")
+            n_found = len(classes)
+            if wf == "patch_classification":
+                # patches of a defect class too little covered go to the free class
+                from bioflow.prepare.patches import patch_classes
+                n_found = len(patch_classes(classes)[0])
+            if n_found != ck.n_classes and classes:
+                extra_free = " + the added 'free' class" if n_found > len(classes) else ""
+                ck.problem(f"{roots['train']}: {len(classes)} class folders ({', '.join(classes)})"
+                           f"{extra_free} but model.n_classes is {ck.n_classes}; set "
+                           f"model.n_classes: {n_found} or fix the folders")
         for split, per_class in per_split.items():
             for cls in per_class:
                 if cls is not None and classes and cls not in classes and split != "train":
@@ -392,6 +403,7 @@ def build_manifest(cfg: dict) -> dict:
         "data_paths": {s: (_abs(r) if s in roots else None) for s, r in
                        ((s, roots.get(s)) for s in ("train", "val", "test"))},
         **extra,
+        "ignored_files": ck.ignored,
         "counts": {s: _counts(splits[s], wf) for s in ("train", "val", "test")},
         "splits": splits,
     }
