@@ -1,0 +1,313 @@
+"""Stage ``predict`` for semantic segmentation: tiled and whole-image inference, 2D and 3D.
+
+For every test image (BiaPy's output folders, one TIFF per image with the image's base name):
+
+* ``per_image/``: the image reconstructed from blended tiles (``inference.overlap``,
+  ``padding``, ``blending``, ``batch_size``); class ids (``argmax: true``, uint8) or per-class
+  probabilities (float32, channels last);
+* ``per_image_binarized/``: foreground = ``1 - p(background) >= binarize_threshold`` (uint8 0/1);
+* ``full_image/`` + ``full_image_binarized/``: the whole image in one forward pass (padded to the
+  model's size divisor) when it fits ``memory_budget_mb``, else the tiled result (noted in
+  ``predictions.csv``);
+* ``run_dir/predictions.csv``: one row per image with its output paths;
+* ``run_dir/patch_metrics.json`` (test masks known): TP/FP/FN of the model's raw output on each
+  non-overlapping ``patch_size`` patch, read by the metrics stage as the ``per_patch`` level.
+
+An image whose in-memory footprint exceeds ``memory_budget_mb`` is read and written row-chunk
+by row-chunk (``bioflow.inference.streaming``); the tiling code is the same, so the result equals
+the in-memory one. Needs only the checkpoint and the normalization statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bioflow.errors import BioflowError
+from bioflow.inference import streaming, tiling
+
+log = logging.getLogger(__name__)
+
+FOLDERS = ("per_image", "per_image_binarized", "full_image", "full_image_binarized")
+# rough activation memory of a forward pass per input pixel (float32 U-Net features), used only
+# to decide whether whole-image inference fits the memory budget
+ACTIVATION_BYTES_PER_PIXEL = 1024
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def make_predict_fn(model, ndim: int, tta: bool = False):
+    """``(B, *spatial, c)`` float32 numpy -> ``(B, *spatial, K)`` softmax probabilities."""
+    dev = device_of(model)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(batch, -1, 1))).to(dev)
+        with torch.inference_mode():
+            p = torch.softmax(model(x).float(), dim=1)
+        return np.moveaxis(p.cpu().numpy(), 1, -1)
+
+    if tta:
+        return lambda batch: tiling.apply_tta(batch, run, ndim)
+    return run
+
+
+def in_memory_bytes(spatial, channels: int, n_classes: int, plan: tiling.TilePlan) -> int:
+    """Peak bytes of in-memory tiled inference: padded float32 input + accumulators + outputs."""
+    padded = int(np.prod(plan.padded_shape))
+    px = int(np.prod(spatial))
+    return 4 * (padded * channels + px * (n_classes + 1) + px * n_classes) + 2 * px
+
+
+def binarize(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Foreground (any class but 0) where ``1 - p(background) >= threshold``; uint8 0/1."""
+    return ((1.0 - probs[..., 0]) >= threshold).astype(np.uint8)
+
+
+def finalize(probs: np.ndarray, argmax: bool) -> np.ndarray:
+    return np.argmax(probs, axis=-1).astype(np.uint8) if argmax else probs.astype(np.float32)
+
+
+def pad_to_divisor(image: np.ndarray, div: int) -> np.ndarray:
+    """Reflect-pad the end of each spatial axis of ``(*spatial, c)`` to a multiple of ``div``."""
+    out = image
+    for ax, n in enumerate(image.shape[:-1]):
+        extra = (-n) % div
+        if extra:
+            out = np.take(out, tiling.pad_indices(n, 0, extra), axis=ax)
+    return out
+
+
+def predict_whole(image: np.ndarray, predict_fn, div: int) -> np.ndarray:
+    """Whole-image inference (no tiling): pad to the size divisor, one forward pass, crop."""
+    padded = pad_to_divisor(image, div)
+    probs = predict_fn(padded[None])[0]
+    return probs[tuple(slice(0, n) for n in image.shape[:-1])]
+
+
+def patch_counts(image: np.ndarray, mask: np.ndarray, predict_fn, tile, n_classes: int,
+                 batch_size: int, ignore_index=None) -> list[dict]:
+    """Per-patch TP/FP/FN of the raw model output on non-overlapping patches (BiaPy per_patch)."""
+    from bioflow.data.segmentation import pad_min
+    from bioflow.metrics.segmentation import confusion_counts
+    spatial = image.shape[:-1]
+    img, _ = pad_min(image, None, tile)
+    starts = [tuple(s) for s in tiling.plan_tiles(img.shape[:-1], tile, 0.0, 0).starts()]
+    out = []
+    for i in range(0, len(starts), batch_size):
+        group = starts[i:i + batch_size]
+        batch = np.stack([img[tuple(slice(s, s + t) for s, t in zip(st, tile))] for st in group])
+        pred = np.argmax(predict_fn(batch), axis=-1)
+        for st, pr in zip(group, pred):
+            # only the part of the patch inside the original image is scored
+            valid = tuple(slice(0, max(0, min(t, n - s))) for s, t, n in zip(st, tile, spatial))
+            gt = mask[tuple(slice(s, s + v.stop) for s, v in zip(st, valid))]
+            if gt.size == 0:
+                continue
+            out.append({"start": list(st), "counts": confusion_counts(pr[valid], gt, n_classes, ignore_index).tolist()})
+    return out
+
+
+class _Outputs:
+    """The four output TIFFs of one image, in memory or as on-disk memmaps (streaming)."""
+
+    def __init__(self, run_dir: Path, stem: str, spatial, n_classes: int, argmax: bool, streamed: bool,
+                 threshold: float):
+        self.paths = {f: run_dir / f / f"{stem}.tif" for f in FOLDERS}
+        self.spatial, self.k, self.argmax, self.streamed, self.thr = tuple(spatial), n_classes, argmax, streamed, threshold
+        pshape = self.spatial if argmax else (*self.spatial, n_classes)
+        pdtype = np.uint8 if argmax else np.float32
+        self.arrays, self.tmps = {}, {}
+        for f in ("per_image", "per_image_binarized"):
+            shape, dtype = (pshape, pdtype) if f == "per_image" else (self.spatial, np.uint8)
+            if streamed:
+                self.arrays[f], self.tmps[f] = streaming.output_memmap(self.paths[f], shape, dtype)
+            else:
+                self.arrays[f] = np.empty(shape, dtype)
+
+    def write_rows(self, a: int, probs: np.ndarray):
+        self.arrays["per_image"][a:a + len(probs)] = finalize(probs, self.argmax)
+        self.arrays["per_image_binarized"][a:a + len(probs)] = binarize(probs, self.thr)
+
+    def finish_tiled(self):
+        from bioflow.io import atomic_path
+        import tifffile
+        for f in ("per_image", "per_image_binarized"):
+            if self.streamed:
+                streaming.finish_output(self.arrays[f], self.tmps[f], self.paths[f])
+            else:
+                self.paths[f].parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(self.paths[f]) as tmp:
+                    tifffile.imwrite(tmp, self.arrays[f], compression="zlib", photometric="minisblack")
+        self.arrays.clear()
+
+    def abort(self):
+        for tmp in self.tmps.values():
+            streaming.abort_output(tmp)
+
+
+def _write(path: Path, arr: np.ndarray):
+    import tifffile
+    from bioflow.io import atomic_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, arr, compression="zlib", photometric="minisblack")
+
+
+def _copy(src: Path, dst: Path):
+    import shutil
+    from bioflow.io import atomic_path
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir: Path,
+                  mask: np.ndarray | None = None, memory_budget_mb: float | None = None) -> dict:
+    """Predict one manifest entry into the four output folders; returns its CSV row."""
+    from bioflow.data.manifest import relative_name
+    from bioflow.data.normalization import normalize
+    from bioflow.data.segmentation import to_channels
+    from bioflow.models.segmentation import size_divisor
+
+    inf = cfg["inference"]
+    ndim = int(cfg["experiment"]["ndim"])
+    n_classes = int(cfg["model"]["n_classes"])
+    channels = int(manifest["channels"])
+    tile = [int(t) for t in cfg["data"]["patch_size"]]
+    norm_cfg = cfg["data"].get("normalization") or {}
+    budget = float(memory_budget_mb if memory_budget_mb is not None else inf.get("memory_budget_mb", 2048)) * 2**20
+    predict_fn = make_predict_fn(model, ndim, bool(inf.get("tta", False)))
+    div = size_divisor(model)
+    name = relative_name(entry)
+    stem = Path(name).stem
+    thr = float(inf.get("binarize_threshold", 0.5))
+    argmax = bool(inf.get("argmax", True))
+
+    src = streaming.open_rows(entry["path"], ndim, channels, manifest.get("channel_axis", "auto"))
+    try:
+        spatial = src.shape[:-1]
+        plan = tiling.plan_tiles(spatial, tile, float(inf.get("overlap", 0.25)), int(inf.get("padding", 0)))
+        need = in_memory_bytes(spatial, channels, n_classes, plan)
+        streamed = need > budget
+        row = {"file": name, "shape": "x".join(map(str, spatial)), "streamed": streamed}
+        t0 = time.time()
+        if not streamed:
+            image = normalize(to_channels(src.read(0, spatial[0]), channels, entry["path"]), stats, norm_cfg)
+            padded = tiling.pad_image(image, plan)
+            reader = lambda a, b: padded[a:b]  # noqa: E731
+        else:
+            if norm_cfg.get("per_image"):
+                log.warning("%s: per-image normalization of a streamed image uses the statistics of "
+                            "a row subsample", entry["path"])
+                stats = _subsample_stats(src, channels, entry["path"], norm_cfg)
+                norm_cfg = {**norm_cfg, "per_image": False}
+            image = None
+            idx0 = tiling.pad_indices(spatial[0], *plan.pad_width[0])
+            rest = [tiling.pad_indices(n, *pw) for n, pw in zip(spatial[1:], plan.pad_width[1:])]
+
+            def reader(a, b):
+                rows = idx0[a:b]
+                lo, hi = int(rows.min()), int(rows.max()) + 1
+                chunk = normalize(to_channels(src.read(lo, hi), channels, entry["path"]), stats, norm_cfg)
+                chunk = chunk[rows - lo]
+                for ax, idx in enumerate(rest, start=1):
+                    chunk = np.take(chunk, idx, axis=ax)
+                return chunk
+            log.info("%s: %.0f MB > inference.memory_budget_mb: streaming row chunks", name, need / 2**20)
+
+        outs = _Outputs(run_dir, stem, spatial, n_classes, argmax, streamed, thr)
+        try:
+            tiling.predict_tiled(reader, predict_fn, plan, n_classes, outs.write_rows,
+                                 inf.get("blending", "gaussian"), int(inf.get("batch_size", 8)))
+            outs.finish_tiled()
+        except BaseException:
+            outs.abort()
+            raise
+        row["tiles"] = len(plan)
+        row["seconds_tiled"] = round(time.time() - t0, 3)
+
+        # whole-image inference when it fits, else the tiled result stands in
+        padded_px = int(np.prod([n + (-n) % div for n in spatial]))
+        fits = image is not None and padded_px * (ACTIVATION_BYTES_PER_PIXEL + 4 * (channels + n_classes)) <= budget
+        if inf.get("full_image", True) and fits:
+            probs = predict_whole(image, predict_fn, div)
+            _write(run_dir / "full_image" / f"{stem}.tif", finalize(probs, argmax))
+            _write(run_dir / "full_image_binarized" / f"{stem}.tif", binarize(probs, thr))
+            row["full_image_mode"] = "whole"
+        else:
+            _copy(outs.paths["per_image"], run_dir / "full_image" / f"{stem}.tif")
+            _copy(outs.paths["per_image_binarized"], run_dir / "full_image_binarized" / f"{stem}.tif")
+            row["full_image_mode"] = "tiled"
+        for f in FOLDERS:
+            row[f] = str(run_dir / f / f"{stem}.tif")
+
+        if mask is not None and image is not None:
+            row["_patches"] = patch_counts(image, mask, predict_fn, tile, n_classes,
+                                           int(inf.get("batch_size", 8)), cfg["train"].get("ignore_index"))
+        row["seconds"] = round(time.time() - t0, 3)
+        return row
+    finally:
+        src.close()
+
+
+def _subsample_stats(src, channels, path, norm_cfg) -> dict:
+    """Statistics of every k-th row (at most ~64) for per-image normalization of a streamed image."""
+    from bioflow.data.normalization import compute_stats
+    from bioflow.data.segmentation import to_channels
+    n = src.shape[0]
+    rows = np.unique(np.linspace(0, n - 1, min(n, 64)).astype(int))
+    imgs = (to_channels(src.read(int(r), int(r) + 1), channels, path) for r in rows)
+    return compute_stats(imgs, norm_cfg.get("percentiles", (1.0, 99.8)), n_images=len(rows))
+
+
+def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> Path:
+    """Stage predict (see the module docstring). Returns the path of ``predictions.csv``."""
+    import pandas as pd
+    from bioflow.data.manifest import entries, load_manifest
+    from bioflow.data.normalization import load_stats
+    from bioflow.data.segmentation import check_mask, read_mask
+    from bioflow.io import atomic_path, write_json
+    from bioflow.training.engine import load_model_from_checkpoint
+
+    run_dir = Path(run_dir)
+    manifest = load_manifest(manifest_path)
+    test = entries(manifest, "test")
+    if not test:
+        raise BioflowError(f"{manifest_path}: no test images; set data.test")
+    model, hp = load_model_from_checkpoint(ckpt_path)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    trained = hp["cfg"]
+    # what the model was trained with wins for the model-side keys
+    cfg = {**cfg, "model": trained["model"],
+           "data": {**cfg["data"], "normalization": trained["data"].get("normalization") or {},
+                    "channels": trained["data"]["channels"]}}
+    stats = load_stats(norm_path) if norm_path and Path(norm_path).is_file() else hp.get("normalization")
+    n_classes = int(cfg["model"]["n_classes"])
+    use_masks = bool(cfg["data"].get("test_has_labels", True))
+
+    rows, patches = [], []
+    t0 = time.time()
+    for e in test:
+        mask = None
+        if use_masks and e.get("mask"):
+            mask = check_mask(read_mask(manifest, e), n_classes, e["mask"], cfg["train"].get("ignore_index"))
+        row = predict_image(e, manifest, model, cfg, stats, run_dir, mask)
+        for p in row.pop("_patches", []):
+            patches.append({"file": row["file"], **p})
+        rows.append(row)
+    with atomic_path(run_dir / "predictions.csv") as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    if patches:
+        write_json(run_dir / "patch_metrics.json", {"patch_size": cfg["data"]["patch_size"],
+                                                      "n_classes": n_classes, "patches": patches})
+    elif (run_dir / "patch_metrics.json").exists():  # stale, from a run with labels
+        (run_dir / "patch_metrics.json").unlink()
+    log.info("predict: %d images in %.1fs -> %s", len(rows), time.time() - t0, run_dir)
+    return run_dir / "predictions.csv"
