@@ -226,3 +226,19 @@ def test_png_rejects_unsupported_arrays(tmp_path):
     with pytest.raises(BioflowError, match="y.png"):
         io.write_image(tmp_path / "y.png", _array((8, 8, 1), np.float32))
     assert os.listdir(tmp_path) == []
+
+
+def test_atomic_dir_swaps_whole_folder(tmp_path):
+    target = tmp_path / "tree"
+    with io.atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert (target / "a.txt").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with io.atomic_dir(target) as tmp:
+            (tmp / "b.txt").write_text("2")
+            raise RuntimeError("killed")
+    assert sorted(os.listdir(target)) == ["a.txt"]  # old tree kept
+    with io.atomic_dir(target) as tmp:
+        (tmp / "c.txt").write_text("3")
+    assert sorted(os.listdir(target)) == ["c.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["tree"]

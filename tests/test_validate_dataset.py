@@ -389,3 +389,41 @@ def test_multilabel_and_metadata_rows_attached(pneumonia_folders, make_cfg, tmp_
         assert e["label"] == [int(by_name.loc[name, "a"]), int(by_name.loc[name, "b"])]
         rel = Path(e["path"]).relative_to(pneumonia_folders).as_posix()
         assert e["metadata"] == [float(meta.set_index("file").loc[rel, "age"])]
+
+
+# --- mask transforms and manifest readers ------------------------------------------------
+
+def test_apply_mask_transform_2d_and_3d():
+    from bioflow.data.masks import apply_mask_transform
+    m = np.zeros((7, 9), np.uint16)
+    m[1:6, 1:4] = 5
+    m[1:6, 4:8] = 9  # touching instance
+    np.testing.assert_array_equal(apply_mask_transform(m, "none"), m)
+    fg = apply_mask_transform(m, "foreground")
+    assert fg.dtype == np.uint8 and set(np.unique(fg)) == {0, 1} and fg.sum() == (m > 0).sum()
+    bi = apply_mask_transform(m, "boundary_interior")
+    assert set(np.unique(bi)) == {0, 1, 2}
+    assert (bi[m == 0] == 0).all()
+    assert bi[3, 2] == 2 and bi[3, 1] == 1
+    assert bi[3, 3] == 1 and bi[3, 4] == 1  # both sides of the contact are boundary
+    vol = np.zeros((5, 6, 6), np.uint8)
+    vol[1:4, 1:5, 1:5] = 1
+    bv = apply_mask_transform(vol, "boundary_interior")
+    assert bv[2, 2, 2] == 2 and bv[1, 2, 2] == 1 and (bv[vol == 0] == 0).all()
+    assert m.max() == 9  # input untouched
+    with pytest.raises(BioflowError, match="data.mask_transform"):
+        apply_mask_transform(m, "edges")
+
+
+def test_manifest_readers(dsb_folders, make_cfg, tmp_path):
+    from bioflow.data.manifest import load_manifest, read_entry_image, read_entry_mask
+    run(_seg_cfg(make_cfg, dsb_folders), tmp_path / "m.json")
+    m = load_manifest(tmp_path / "m.json")
+    e = m["splits"]["train"][0]
+    img, mask = read_entry_image(m, e), read_entry_mask(m, e)
+    assert img.shape == tuple(e["shape"]) and mask.shape == img.shape[:-1]
+    assert set(np.unique(mask)) <= {0, 1}
+    assert read_entry_mask(m, e, transform=False).max() > 1
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(BioflowError, match="bad.json"):
+        load_manifest(tmp_path / "bad.json")
