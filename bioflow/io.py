@@ -15,9 +15,11 @@ file is decided by ``channel_axis``:
 
 A file whose number of axes cannot be ``ndim`` (+1 for channels), even after dropping
 singleton axes, raises :class:`BioflowError` naming the file. A channel count different from
-``channels`` is *not* an error here (``validate_dataset`` reports it), except that an RGBA
-file read with ``channels=3`` loses its alpha channel (alpha is not image data; DSB2018 has
-such PNGs).
+``channels`` is *not* an error here (``validate_dataset`` reports it), except for two
+conversions of colour files (interleaved RGB(A), i.e. channel axis last or TIFF samples), so
+that mixed grey / colour sets such as DSB2018 are usable: RGBA read with ``channels=3`` loses
+its alpha channel, and RGB(A) read with ``channels=1`` becomes its luminance (ITU-R 601
+weights, alpha dropped, dtype kept).
 
 Files holding several arrays are addressed as ``file.h5:dataset`` / ``file.npz:key``;
 without a key the first dataset (HDF5, depth-first order) or the first array (NPZ) is read.
@@ -208,8 +210,11 @@ def _channel_axis_of(shape: tuple, ndim: int, channels: int | None, channel_axis
 
 def to_channels_last(arr: np.ndarray, ndim: int = 2, channels: int | None = None,
                      channel_axis: str | int = "auto", axes: str | None = None,
-                     path: Any = "<array>") -> np.ndarray:
-    """Turn an array as stored in a file into ``(z,)y,x,c`` (see the module docstring)."""
+                     path: Any = "<array>", convert: bool = True) -> np.ndarray:
+    """Turn an array as stored in a file into ``(z,)y,x,c`` (see the module docstring).
+
+    ``convert=False`` gives the right shape without computing a colour conversion.
+    """
     if ndim not in (2, 3):
         raise ValueError(f"ndim must be 2 or 3, got {ndim}")
     keep, axes = _squeeze_to(arr.shape, axes, ndim + 1)
@@ -224,10 +229,25 @@ def to_channels_last(arr: np.ndarray, ndim: int = 2, channels: int | None = None
     ch = _channel_axis_of(arr.shape, ndim, channels, channel_axis, axes, path)
     if ch is None:
         return arr[..., None]
+    colour = ch == arr.ndim - 1 or (axes is not None and axes[ch] == "S")
     arr = np.moveaxis(arr, ch, -1)
-    if channels == 3 and arr.shape[-1] == 4:
+    if channels == 3 and arr.shape[-1] == 4 and colour:
         arr = arr[..., :3]
+    elif channels == 1 and arr.shape[-1] in (3, 4) and colour:
+        arr = to_grey(arr) if convert else arr[..., :1]
     return arr
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """Luminance of an RGB(A) ``(..., 3|4)`` image as ``(..., 1)``, dtype kept (alpha dropped)."""
+    grey = image[..., :3].astype(np.float32) @ _LUMA
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        grey = np.clip(np.rint(grey), info.min, info.max)
+    return grey.astype(image.dtype)[..., None]
 
 
 def read_image(path: str | os.PathLike, ndim: int = 2, channels: int | None = None,
@@ -312,7 +332,7 @@ def image_info(path: str | os.PathLike, ndim: int = 2, channels: int | None = No
     # shape bookkeeping without data: reuse the same conversion on a zero-strided array
     dummy = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape=shape,
                                             strides=(0,) * len(shape))
-    out = to_channels_last(dummy, ndim, channels, channel_axis, axes, path)
+    out = to_channels_last(dummy, ndim, channels, channel_axis, axes, path, convert=False)
     return tuple(int(s) for s in out.shape), dtype.name
 
 

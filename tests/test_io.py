@@ -102,6 +102,19 @@ def test_rgba_png_read_as_rgb_when_three_channels(tmp_path):
     assert io.read_image(tmp_path / "rgba.png", channels=4).shape == (10, 12, 4)
 
 
+def test_colour_read_with_one_channel_becomes_luminance(tmp_path):
+    a = _array((10, 12, 4), np.uint8)
+    io.write_image(tmp_path / "rgba.png", a)
+    g = io.read_image(tmp_path / "rgba.png", channels=1)
+    expect = np.rint(a[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114])
+    assert g.shape == (10, 12, 1) and g.dtype == np.uint8
+    assert np.abs(g[..., 0].astype(int) - expect).max() <= 1
+    assert io.image_info(tmp_path / "rgba.png", channels=1) == ((10, 12, 1), "uint8")
+    # a channel-first array is not a colour image: left alone (validation reports it)
+    np.save(tmp_path / "cf.npy", _array((3, 10, 12), np.uint16))
+    assert io.read_image(tmp_path / "cf.npy", channels=1).shape == (10, 12, 3)
+
+
 def test_demo_files_read_in_convention(demo_data):
     p2 = sorted((demo_data / "dsb2018" / "train" / "x").iterdir())[0]
     p3 = sorted((demo_data / "nuclei3d" / "train" / "x").iterdir())[0]

@@ -46,10 +46,12 @@ def cls_text_file(root, tmp):
 
 
 def cls_wrong_channels(root, tmp):
-    p = _first(root / "train" / "pneumonia")
-    rgb = np.repeat(read_image(p), 3, axis=-1)
-    p.unlink()
-    write_image(p, rgb)
+    # grey + a second channel: not a colour image, so not converted to grey
+    src = _first(root / "train" / "pneumonia")
+    two = np.concatenate([read_image(src)] * 2, axis=-1)
+    p = src.with_suffix(".tif")
+    src.unlink()
+    write_image(p, two)
     return {}, [p, "data.channels"]
 
 
@@ -314,6 +316,17 @@ def test_files_outside_class_folders_are_ignored_and_listed(pneumonia_folders, m
     assert m["ignored_files"] == [str(loose.parent / "README.md"), str(loose.parent / "overview.png")]
     assert "overview.png" in caplog.text
     assert len(m["splits"]["train"]) + len(m["splits"]["val"]) == 16
+
+
+def test_colour_image_read_as_grey_with_one_channel(pneumonia_folders, make_cfg, tmp_path):
+    p = _first(pneumonia_folders / "train" / "pneumonia")
+    grey = read_image(p)
+    p.unlink()
+    write_image(p, np.repeat(grey, 3, axis=-1))  # an RGB PNG holding the grey image
+    m = run(_cls_cfg(make_cfg, pneumonia_folders), tmp_path / "m.json")
+    e = next(e for s in ("train", "val") for e in m["splits"][s] if e["path"] == str(p))
+    assert e["shape"] == [28, 28, 1]
+    np.testing.assert_array_equal(read_image(p, channels=1), grey)
 
 
 def test_given_val_folder_and_unlabelled_test(pneumonia_folders, make_cfg, tmp_path):

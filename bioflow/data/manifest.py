@@ -48,7 +48,7 @@ def read_entry_mask(manifest: dict, entry: dict, transform: bool = True) -> np.n
     if not entry.get("mask"):
         raise BioflowError(f"{entry.get('path')}: this image has no mask in the manifest")
     mask = read_mask(entry["mask"], manifest["ndim"])
-    return apply_mask_transform(mask, manifest.get("mask_transform", "none")) if transform else mask
+    return apply_mask_transform(mask, manifest.get("mask_transform") or "none") if transform else mask
 
 
 def labels(manifest: dict, split: str) -> np.ndarray:
