@@ -202,6 +202,7 @@ def vit(cfg, n_metadata: int = 0, **_):
 
 # --- N-D CNNs written here (2D and 3D) ---------------------------------------------------
 
+@register_model("simple_cnn3d", ndim=(3,))
 @register_model("simple_cnn", ndim=(2, 3))
 def simple_cnn(cfg, n_metadata: int = 0, **_):
     """Plain CNN: (conv-BN-ReLU)x2 + pool per model.features width."""
@@ -221,4 +222,5 @@ def _resnet(blocks):
 
 
 register_model("resnet3d_10", ndim=(3,))(_resnet((1, 1, 1, 1)))
+register_model("resnet3d", ndim=(3,))(_resnet((1, 1, 1, 1)))  # the 3D template's default
 register_model("resnet3d_18", ndim=(3,))(_resnet((2, 2, 2, 2)))

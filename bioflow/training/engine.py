@@ -313,12 +313,19 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
                TensorBoardLogger(save_dir=run_dir, name="train_logs", version="tensorboard",
                                  default_hp_metric=False)]
     steps = tc.get("steps_per_epoch")
+    plugins = []
+    if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1") or 1) <= 1:
+        # one Snakemake job = one process: let Lightning launch its own device processes
+        # instead of expecting srun-launched tasks (SLURMEnvironment)
+        from lightning_fabric.plugins.environments import LightningEnvironment
+        plugins.append(LightningEnvironment())
     trainer = pl.Trainer(
         max_epochs=int(tc["epochs"]), accelerator="auto", devices=tc.get("devices", "auto"),
         strategy=tc.get("strategy", "auto"), precision=_precision(tc.get("precision", "auto")),
         callbacks=callbacks, logger=loggers, default_root_dir=str(work),
         limit_train_batches=int(steps) if steps else 1.0, enable_progress_bar=False,
-        log_every_n_steps=10, num_sanity_val_steps=0, enable_model_summary=False)
+        log_every_n_steps=10, num_sanity_val_steps=0, enable_model_summary=False,
+        plugins=plugins or None)
     t0 = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     wall = time.time() - t0

@@ -1,0 +1,118 @@
+"""Stage ``predict`` for the classification workflow: checkpoint + test images -> predictions.csv.
+
+The model and its preprocessing come from the checkpoint (its stored config), so only the
+checkpoint and the normalization statistics are needed besides the images. Batched; with
+``inference.tta`` the probabilities are averaged over flips and (square y-x) 90-degree
+rotations.
+
+``predictions.csv`` columns: ``file`` (relative to the test folder), ``true_class`` (empty
+when unknown), ``pred_class``, ``prob_<class>``...; multi-label: ``true_class`` /
+``pred_class`` hold the ``;``-joined label names, plus ``prob_<label>``, ``pred_<label>`` (0/1)
+and ``true_<label>`` (0/1, empty when unknown).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bioflow.errors import BioflowError
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict_proba(model, loader, device, tta: bool = False, multilabel: bool = False) -> np.ndarray:
+    """Probabilities ``(N, C)`` for every item of ``loader`` (softmax, or sigmoid for multi-label)."""
+    from bioflow.training.augment import tta_ops
+    act = torch.sigmoid if multilabel else (lambda t: torch.softmax(t, 1))
+    out = []
+    model.eval().to(device)
+    for batch in loader:
+        x = batch["image"].to(device)
+        meta = batch.get("meta")
+        meta = None if meta is None else meta.to(device)
+        ops = tta_ops(x.shape[2:]) if tta else [(lambda t: t, None)]
+        p = 0
+        for fwd, _ in ops:
+            logits = model(fwd(x)) if meta is None else model(fwd(x), meta)
+            p = p + act(logits.float())
+        out.append((p / len(ops)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def _display_name(entry: dict, test_root: str | None) -> str:
+    p = Path(entry["path"])
+    if test_root:
+        try:
+            return Path(os.path.relpath(p.resolve(), Path(test_root).resolve())).as_posix()
+        except ValueError:
+            pass
+    return p.name
+
+
+def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> Path:
+    import pandas as pd
+
+    from bioflow.data.classification import ClassificationDataset
+    from bioflow.data.manifest import load_manifest
+    from bioflow.data.normalization import load_stats
+    from bioflow.io import atomic_path
+    from bioflow.training.engine import load_model_from_checkpoint
+
+    model, hp = load_model_from_checkpoint(ckpt_path)
+    manifest = load_manifest(manifest_path)
+    stats = load_stats(norm_path)
+    names = list(hp["class_names"])
+    if list(manifest["classes"]) != names and manifest["classes"]:
+        raise BioflowError(f"{ckpt_path}: trained on classes {names} but the manifest lists "
+                           f"{manifest['classes']}; retrain or use the matching data")
+    entries = manifest["splits"]["test"]
+    if not entries:
+        raise BioflowError(f"{manifest_path}: no test images; set data.test to a folder of images")
+    multilabel = bool(hp.get("multilabel"))
+    train_data_cfg = hp["cfg"]["data"]  # preprocessing exactly as in training
+    meta_mean = hp.get("metadata_mean")
+    if meta_mean is not None and any(e.get("metadata") is None for e in entries):
+        raise BioflowError(f"data.metadata_csv: test images lack metadata; the model {ckpt_path} "
+                           f"fuses metadata, add rows for the test images")
+    ds = ClassificationDataset(manifest, entries, stats, train_data_cfg, None, multilabel,
+                               meta_mean, hp.get("metadata_std"), len(names))
+    inf = cfg.get("inference", {})
+    loader = torch.utils.data.DataLoader(ds, batch_size=int(inf.get("batch_size", 8)) * 4, shuffle=False,
+                                         num_workers=int(cfg.get("train", {}).get("num_workers", 0)))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    probs = predict_proba(model, loader, device, bool(inf.get("tta", False)), multilabel)
+
+    test_root = (manifest.get("data_paths") or {}).get("test")
+    rows = []
+    for e, p in zip(entries, probs):
+        row = {"file": _display_name(e, test_root)}
+        if multilabel:
+            pred = (p >= float(inf.get("binarize_threshold", 0.5))).astype(int)
+            true = e.get("label")
+            row["true_class"] = "" if true is None else ";".join(n for n, t in zip(names, true) if t)
+            row["pred_class"] = ";".join(n for n, t in zip(names, pred) if t)
+            for j, n in enumerate(names):
+                row[f"prob_{n}"] = float(p[j])
+            for j, n in enumerate(names):
+                row[f"pred_{n}"] = int(pred[j])
+            for j, n in enumerate(names):
+                row[f"true_{n}"] = "" if true is None else int(true[j])
+        else:
+            label = e.get("label")
+            row["true_class"] = "" if label is None else names[int(label)]
+            row["pred_class"] = names[int(np.argmax(p))]
+            for j, n in enumerate(names):
+                row[f"prob_{n}"] = float(p[j])
+        rows.append(row)
+    run_dir = Path(run_dir)
+    out = run_dir / "predictions.csv"
+    with atomic_path(out) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
+    log.info("predict run %s: %d test images -> %s (tta %s)", run_id, len(rows), out, inf.get("tta"))
+    return out

@@ -1,0 +1,103 @@
+"""Stage ``train`` for the classification workflow (2D and 3D, single- or multi-label).
+
+Builds the datamodule from the manifest, the model from the registry, the loss (CE with
+optional class weights / focal; BCE for multi-label) and hands everything to the shared
+trainer :func:`bioflow.training.engine.fit`. The best checkpoint is chosen on validation AUC
+by default (``train.monitor`` overrides; ``*loss`` metrics are minimised, others maximised).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+
+from bioflow.errors import BioflowError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MONITOR = "val_auc"
+
+
+def checkpoint_cfg(cfg: dict) -> dict:
+    """The config sections stored in the checkpoint (what inference rebuilds from)."""
+    return {k: copy.deepcopy(cfg.get(k)) for k in ("experiment", "data", "model", "train")}
+
+
+def resolve_loss_and_weights(cfg: dict, counts: list[int], multilabel: bool, n_train: int):
+    """(train cfg for build_loss, class weights or None); ``counts``: train images per class
+    (multi-label: positives per label) out of ``n_train``."""
+    from bioflow.training.losses import resolve_class_weights
+    tc = dict(cfg["train"])
+    if multilabel:
+        if tc["loss"] not in ("ce", "bce"):
+            raise BioflowError(f"train.loss: '{tc['loss']}' is not for multi-label models; use bce")
+        tc["loss"] = "bce"
+        cw = tc.get("class_weights")
+        if cw == "auto":  # positive weight per label = negatives / positives
+            return tc, _pos_weights(counts, n_train)
+        return tc, None if cw is None else [float(v) for v in cw]
+    if tc["loss"] not in ("ce", "focal"):
+        raise BioflowError(f"train.loss: '{tc['loss']}' is for segmentation; use ce or focal "
+                           f"(bce for multi-label)")
+    return tc, resolve_class_weights(tc, counts)
+
+
+def _pos_weights(counts, total: int) -> list[float]:
+    return [float((total - c) / c) if c > 0 else 1.0 for c in counts]
+
+
+def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> dict:
+    from bioflow import __version__
+    from bioflow.data.classification import ClassificationDataModule
+    from bioflow.data.manifest import load_manifest
+    from bioflow.data.normalization import load_stats
+    from bioflow.metrics.classification import metric_functions
+    from bioflow.models import build_model
+    from bioflow.training.engine import BioflowModule, fit, seed_run
+    from bioflow.training.losses import build_loss
+
+    manifest = load_manifest(manifest_path)
+    stats = load_stats(norm_path)
+    multilabel = bool(cfg["model"].get("multilabel") or manifest.get("multilabel"))
+    classes = list(manifest["classes"])
+    if len(classes) != int(cfg["model"]["n_classes"]):
+        raise BioflowError(f"model.n_classes: {cfg['model']['n_classes']} but the data has "
+                           f"{len(classes)} classes ({', '.join(classes)}); set model.n_classes: {len(classes)}")
+    if not manifest["splits"]["train"]:
+        raise BioflowError(f"{manifest_path}: no training images; check data.train")
+    if not manifest["splits"]["val"]:
+        raise BioflowError(f"{manifest_path}: no validation images; set data.val or a larger data.val_split")
+    seed = seed_run(run_id)  # before building the model: initial weights depend on run_id
+
+    dm = ClassificationDataModule(manifest, stats, cfg["data"], cfg["train"], multilabel,
+                                  inference_batch=cfg.get("inference", {}).get("batch_size"))
+    counts = dm.class_counts()
+    tc, cw = resolve_loss_and_weights(cfg, counts, multilabel, len(dm.train_dataset))
+    loss = build_loss(tc, len(classes), cw)
+    model = build_model(cfg, n_metadata=dm.n_metadata)
+
+    monitor = cfg["train"].get("monitor") or DEFAULT_MONITOR
+    if not monitor.startswith("val_"):
+        monitor = f"val_{monitor}"
+    val_labels = {str(e.get("label")) for e in manifest["splits"]["val"]}
+    if monitor == "val_auc" and not multilabel and len(val_labels) < 2:
+        log.warning("validation set holds one class only: AUC is undefined, monitoring val_loss")
+        monitor = "val_loss"
+    mode = "min" if monitor.endswith("loss") else "max"
+    hparams = {
+        "cfg": checkpoint_cfg(cfg), "workflow": "classification", "class_names": classes,
+        "multilabel": multilabel, "ndim": manifest["ndim"], "channels": manifest["channels"],
+        "n_metadata": dm.n_metadata, "metadata_columns": manifest.get("metadata_columns"),
+        "metadata_mean": dm.metadata[0] if dm.metadata else None,
+        "metadata_std": dm.metadata[1] if dm.metadata else None,
+        "model_extra": {"n_metadata": dm.n_metadata}, "class_counts": counts,
+        "class_weights": cw, "seed": seed, "bioflow_version": __version__,
+    }
+    module = BioflowModule(model, loss, cfg["train"], metric_functions(multilabel), hparams)
+    log.info("train run %s: %d train / %d val images, classes %s, counts %s, class weights %s, "
+             "monitor %s", run_id, len(dm.train_dataset), len(dm.val_dataset), classes, counts,
+             None if cw is None else np.round(cw, 3).tolist(), monitor)
+    summary = fit(cfg, run_id, module, dm, ckpt_path, run_dir, monitor=monitor, mode=mode)
+    return summary
