@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 import os
 
 import h5py
@@ -138,3 +139,38 @@ def test_patch_dataset_on_magnetic_tiles_sample(make_cfg, shared_data, tmp_path)
     train = info["counts"]["train"]
     assert train["MT_Free"] > 0 and train.get("MT_Crack", 0) + train.get("MT_Blowhole", 0) > 0
     assert sum(train.values()) == info["n_patches"]["train"]
+
+
+def test_class_mask_label():
+    m = np.zeros((10, 10), np.uint8)
+    m[:2, :3] = 2   # 6 %
+    m[5:, 5:] = 1   # 25 %
+    assert patches.class_mask_label(m, 3, 0.05) == (1, 0.25)
+    assert patches.class_mask_label(m, 3, 0.5) == (0, 0.25)
+    assert patches.class_mask_label(np.zeros((4, 4), np.uint8), 3, 0.0) == (0, 0.0)
+
+
+def test_patch_dataset_from_x_y_class_id_masks(make_cfg, tmp_path):
+    """The template's layout: train/x images + train/y integer defect masks (0 = free)."""
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 4), ("test", 1)):
+        for i in range(n):
+            img = rng.integers(0, 255, (40, 40), dtype=np.uint8)
+            mask = np.zeros((40, 40), np.uint8)
+            mask[:20, :20] = 1 + i % 2  # top-left patch: class 1 or 2
+            write_image(tmp_path / split / "x" / f"im{i}.png", img)
+            write_image(tmp_path / split / "y" / f"im{i}.png", mask)
+    cfg = make_cfg("patch_classification", data={"train": str(tmp_path / "train"), "test": str(tmp_path / "test"),
+                                                 "val_split": 0.25},
+                   model={"n_classes": 3}, patches={"size": [20, 20]})
+    m = validate(cfg, tmp_path / "m.json")
+    assert m["patch_layout"] == "masks" and m["classes"] == ["0", "1", "2"]
+    info = patches.run(cfg, tmp_path / "m.json", tmp_path / "p")
+    total = Counter()
+    for c in info["counts"].values():
+        total.update(c)
+    assert total == {"0": 5 * 3, "1": 3, "2": 2}
+    # a mask value outside n_classes is reported, naming the file
+    write_image(tmp_path / "train" / "y" / "im0.png", np.full((40, 40), 7, np.uint8))
+    with pytest.raises(Exception, match="im0.png"):
+        validate(cfg, tmp_path / "m2.json")

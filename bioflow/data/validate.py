@@ -20,9 +20,12 @@ Layouts (folders from :func:`bioflow.config.data_paths`):
   ``data.labels_csv`` (a file column and one 0/1 column per label; label columns = classes);
 * semantic_segmentation: ``<split>/x/<image>`` and ``<split>/y/<mask>`` with the same file
   names (extensions may differ); ``test/y`` optional when ``test_has_labels`` is false;
-* patch_classification: class folders as in classification, each image with a defect mask:
-  either ``<class>/x/`` + ``<class>/y/``, or side by side as ``<name>.<ext>`` + ``<name>.png``
-  (the Magnetic-tile layout: JPG image, PNG mask) or ``<name>_mask.<ext>``.
+* patch_classification, two layouts (``patch_layout`` in the manifest):
+  ``"masks"``: ``<split>/x/`` + ``<split>/y/`` as in segmentation, masks holding defect class
+  ids (0 = free; ``data.mask_transform`` applies); ``"class_folders"``: class folders as in
+  classification, each image with a binary defect mask, either ``<class>/x/`` + ``<class>/y/``
+  or side by side as ``<name>.<ext>`` + ``<name>.png`` (the Magnetic-tile layout: JPG image,
+  PNG mask) or ``<name>_mask.<ext>``.
 
 Validation split when ``data.val`` is null (or, with ``data.csv``, when the CSV had no val
 rows): a ``data.val_split`` fraction of train, stratified by class for classification, seeded
@@ -83,6 +86,8 @@ class _Checker:
         self.test_has_labels = bool(d.get("test_has_labels", True))
         self.problems: list[str] = []
         self.ignored: list[str] = []
+        # masks hold class ids (segmentation, patch workflow with x/ + y/ folders)
+        self.mask_classes = self.workflow == "semantic_segmentation"
 
     def problem(self, msg: str) -> None:
         self.problems.append(msg)
@@ -132,7 +137,7 @@ class _Checker:
             return info, probs
         if mask.size and mask.min() < 0:
             probs.append(f"{path}: mask holds negative values; class ids start at 0")
-        if self.workflow == "semantic_segmentation" and self.mask_transform == "none" and mask.size:
+        if self.mask_classes and self.mask_transform == "none" and mask.size:
             top = int(mask.max())
             if top >= self.n_classes:
                 probs.append(f"{path}: mask holds value {top} >= model.n_classes={self.n_classes} "
@@ -319,7 +324,12 @@ def build_manifest(cfg: dict) -> dict:
         elif not generated:
             ck.problem(f"data.{split}: folder {p} not found; check the path or set it to null")
 
-    if wf == "semantic_segmentation":
+    # patch workflow: x/ + y/ folders whose masks hold defect class ids (0 = free), or
+    # class folders whose images carry binary defect masks
+    seg_like = wf == "semantic_segmentation" or (
+        wf == "patch_classification" and "train" in roots and (roots["train"] / "x").is_dir())
+    ck.mask_classes = seg_like
+    if seg_like:
         need = TRANSFORM_CLASSES.get(ck.mask_transform)
         if need is not None and ck.n_classes < need:
             ck.problem(f"model.n_classes: {ck.n_classes} but data.mask_transform "
@@ -331,7 +341,7 @@ def build_manifest(cfg: dict) -> dict:
     classes: list[str] = []
     splits: dict[str, list[dict]] = {}
     extra: dict = {}
-    if wf == "semantic_segmentation":
+    if seg_like:
         classes = [str(i) for i in range(ck.n_classes)]
         for split, root in roots.items():
             splits[split] = _scan_segmentation(ck, split, root)
@@ -390,28 +400,29 @@ def build_manifest(cfg: dict) -> dict:
     if val_source == "split":
         splits["train"], splits["val"] = _split_val(
             splits["train"], float(d.get("val_split", 0.1)), seed,
-            stratify=wf != "semantic_segmentation" and not ck.multilabel)
+            stratify=not seg_like and not ck.multilabel)
     for s in ("train", "val", "test"):
         splits.setdefault(s, [])
 
     manifest = {
         "workflow": wf, "ndim": ck.ndim, "channels": ck.channels, "channel_axis": ck.channel_axis,
         "classes": classes, "n_classes": ck.n_classes, "multilabel": ck.multilabel,
-        "mask_transform": ck.mask_transform if wf == "semantic_segmentation" else None,
+        "mask_transform": ck.mask_transform if seg_like else None,
         "val_source": val_source, "val_split": float(d.get("val_split", 0.1)), "split_seed": seed,
         "test_has_labels": ck.test_has_labels,
+        **({"patch_layout": "masks" if seg_like else "class_folders"} if wf == "patch_classification" else {}),
         "data_paths": {s: (_abs(r) if s in roots else None) for s, r in
                        ((s, roots.get(s)) for s in ("train", "val", "test"))},
         **extra,
         "ignored_files": ck.ignored,
-        "counts": {s: _counts(splits[s], wf) for s in ("train", "val", "test")},
+        "counts": {s: _counts(splits[s], seg_like) for s in ("train", "val", "test")},
         "splits": splits,
     }
     return manifest
 
 
-def _counts(entries: list[dict], wf: str) -> dict:
-    if wf == "semantic_segmentation":
+def _counts(entries: list[dict], seg_like: bool) -> dict:
+    if seg_like:
         return {"images": len(entries), "with_mask": sum(1 for e in entries if e.get("mask"))}
     c = Counter(e.get("class_name") or "unlabelled" for e in entries)
     return {"images": len(entries), **dict(sorted(c.items()))}

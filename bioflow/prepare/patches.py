@@ -1,5 +1,10 @@
 """Stage ``patch_dataset`` (patch classification workflow): images + defect masks -> patches.
 
+Two input layouts (``patch_layout`` in the manifest, see ``bioflow.data.validate``):
+``"masks"`` (``x/`` + ``y/``, masks hold defect class ids, 0 = free): a patch takes the
+defect class covering most of it when that covers at least ``patches.min_defect_fraction``,
+else class 0. ``"class_folders"`` (one folder per defect class, binary masks): as below.
+
 Every image of the manifest is cut into patches of ``patches.size`` (``[y, x]`` or
 ``[z, y, x]``) every ``patches.stride`` (default: the size, i.e. no overlap); the last
 patch along each axis is aligned to the image border so the whole image is covered; images
@@ -73,14 +78,24 @@ def _pad_to(arr: np.ndarray, size, mode: str) -> np.ndarray:
 
 
 def cut_patches(image: np.ndarray, mask: np.ndarray | None, size, stride):
-    """Yield ``(offset, image patch, defect fraction)`` for one ``(z,)y,x,c`` image."""
+    """Yield ``(offset, image patch, mask patch or None)`` for one ``(z,)y,x,c`` image."""
     ndim = len(size)
     image = _pad_to(image, size, "reflect")
-    defect = None if mask is None else _pad_to(defect_mask(mask), size, "constant")
+    mask = None if mask is None else _pad_to(mask, size, "constant")
     for off in grid_offsets(image.shape[:ndim], size, stride):
         sl = tuple(slice(o, o + s) for o, s in zip(off, size))
-        frac = 0.0 if defect is None else float(defect[sl].mean())
-        yield off, image[sl], frac
+        yield off, image[sl], None if mask is None else mask[sl]
+
+
+def class_mask_label(mask_patch: np.ndarray, n_classes: int, min_fraction: float) -> tuple[int, float]:
+    """Layout "masks" (class-id masks, 0 = free): the defect class covering most of the patch
+    when it covers at least ``min_fraction`` of it, else 0. Returns (label, its fraction)."""
+    counts = np.bincount(mask_patch.ravel().astype(np.int64), minlength=n_classes)
+    if len(counts) < 2:
+        return 0, 0.0
+    k = int(np.argmax(counts[1:])) + 1
+    frac = float(counts[k]) / mask_patch.size
+    return (k, frac) if frac > 0 and frac >= min_fraction else (0, frac)
 
 
 def patch_label(frac: float, class_index: int | None, min_fraction: float, free_index: int) -> int:
@@ -95,6 +110,7 @@ def run(cfg: dict, manifest_path, out_dir) -> dict:
     import h5py
 
     from bioflow.data.manifest import load_manifest, read_entry_image
+    from bioflow.data.masks import apply_mask_transform
     from bioflow.io import atomic_dir, read_mask, write_json
 
     manifest = load_manifest(manifest_path)
@@ -106,7 +122,11 @@ def run(cfg: dict, manifest_path, out_dir) -> dict:
     if len(size) != ndim or len(stride) != ndim:
         raise BioflowError(f"patches.size / patches.stride: need {ndim} values ([y, x] in 2D, "
                            f"[z, y, x] in 3D), got {size} / {stride}")
-    classes, free_index = patch_classes(manifest["classes"])
+    by_mask = manifest.get("patch_layout") == "masks"
+    if by_mask:  # class ids come from the masks; 0 is free
+        classes, free_index = list(manifest["classes"]), 0
+    else:
+        classes, free_index = patch_classes(manifest["classes"])
     # manifest class index -> patch class index
     remap = {i: classes.index(c) for i, c in enumerate(manifest["classes"])}
     counts: dict[str, Counter] = {}
@@ -130,8 +150,21 @@ def run(cfg: dict, manifest_path, out_dir) -> dict:
                 if mask is not None and mask.shape != img.shape[:-1]:
                     raise BioflowError(f"{e['mask']}: mask shape {mask.shape} differs from its image "
                                        f"{img.shape[:-1]}; rerun validate_dataset")
+                if mask is not None:
+                    mask = (apply_mask_transform(mask, manifest.get("mask_transform") or "none")
+                            if by_mask else defect_mask(mask))
                 cls = remap.get(e["label"]) if e.get("label") is not None else None
-                rows = list(cut_patches(img, mask, size, stride))
+                rows, labels = [], []
+                for off, patch, mpatch in cut_patches(img, mask, size, stride):
+                    if mpatch is None:
+                        lab, frac = free_index, 0.0
+                    elif by_mask:
+                        lab, frac = class_mask_label(mpatch, len(classes), min_fraction)
+                    else:
+                        frac = float(mpatch.mean())
+                        lab = patch_label(frac, cls, min_fraction, free_index)
+                    rows.append((off, patch, frac))
+                    labels.append(lab)
                 if not rows:
                     continue
                 if ds is None:
@@ -147,7 +180,6 @@ def run(cfg: dict, manifest_path, out_dir) -> dict:
                 k = len(rows)
                 for d in ds.values():
                     d.resize(n + k, axis=0)
-                labels = [patch_label(f, cls, min_fraction, free_index) for _, _, f in rows]
                 ds["images"][n:n + k] = np.stack([p for _, p, _ in rows]).astype(dtype, copy=False)
                 ds["labels"][n:n + k] = labels
                 ds["offsets"][n:n + k] = [o for o, _, _ in rows]
