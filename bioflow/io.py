@@ -18,8 +18,9 @@ singleton axes, raises :class:`BioflowError` naming the file. A channel count di
 ``channels`` is *not* an error here (``validate_dataset`` reports it), except for two
 conversions of colour files (interleaved RGB(A), i.e. channel axis last or TIFF samples), so
 that mixed grey / colour sets such as DSB2018 are usable: RGBA read with ``channels=3`` loses
-its alpha channel, and RGB(A) read with ``channels=1`` becomes its luminance (ITU-R 601
-weights, alpha dropped, dtype kept).
+its alpha channel, RGB(A) read with ``channels=1`` becomes its luminance (ITU-R 601
+weights, alpha dropped, dtype kept), and a grey + alpha PNG read with ``channels=1`` loses
+its alpha.
 
 Files holding several arrays are addressed as ``file.h5:dataset`` / ``file.npz:key``;
 without a key the first dataset (HDF5, depth-first order) or the first array (NPZ) is read.
@@ -235,7 +236,16 @@ def to_channels_last(arr: np.ndarray, ndim: int = 2, channels: int | None = None
         arr = arr[..., :3]
     elif channels == 1 and arr.shape[-1] in (3, 4) and colour:
         arr = to_grey(arr) if convert else arr[..., :1]
+    elif channels == 1 and arr.shape[-1] == 2 and colour and ext_is_pil(path):
+        arr = arr[..., :1]  # grey + alpha PNG
     return arr
+
+
+def ext_is_pil(path) -> bool:
+    try:
+        return split_key(path)[0].suffix.lower() in PIL_EXTENSIONS
+    except TypeError:
+        return False
 
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)

@@ -110,6 +110,10 @@ def test_colour_read_with_one_channel_becomes_luminance(tmp_path):
     assert g.shape == (10, 12, 1) and g.dtype == np.uint8
     assert np.abs(g[..., 0].astype(int) - expect).max() <= 1
     assert io.image_info(tmp_path / "rgba.png", channels=1) == ((10, 12, 1), "uint8")
+    from PIL import Image
+    la = _array((10, 12, 2), np.uint8)
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(io.read_image(tmp_path / "la.png", channels=1), la[..., :1])
     # a channel-first array is not a colour image: left alone (validation reports it)
     np.save(tmp_path / "cf.npy", _array((3, 10, 12), np.uint16))
     assert io.read_image(tmp_path / "cf.npy", channels=1).shape == (10, 12, 3)

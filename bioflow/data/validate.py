@@ -539,7 +539,7 @@ def _attach_csv(ck: _Checker, cfg: dict, splits, roots, kind: str):
     for split, entries in splits.items():
         unlabelled_ok = kind == "labels" and split == "test" and not ck.test_has_labels
         for e in entries:
-            row = _find_row(index, Path(e["path"]), roots[split].absolute())
+            row = _find_row(index, Path(e["path"]), Path(_abs(roots[split])))
             if row is None:
                 if not unlabelled_ok:
                     ck.problem(f"{e['path']}: no row in {path} (data.{key}, file column '{col}'); "
