@@ -1,0 +1,123 @@
+"""DAG behaviour of the real Snakefile on the tiny demo: a changed key reruns exactly the
+stages that read it (and what follows), a new bioflow version reruns the heavy stages,
+`--until` stops early, run_ids train as separate jobs, `snakemake --report` has the charts
+and metrics.
+
+One real local run (session-wide, shared with tests/test_slurm.py), then dry runs (`-n`)
+with a changed config: Snakemake's plan is what a real rerun would execute.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+import yaml
+
+from helpers_snakemake import deep_update, job_counts, local_demo_run, planned_jobs, snakemake, tiny_demo_config
+
+pytestmark = pytest.mark.slow
+
+DOWNSTREAM_OF_PREDICT = Counter({"predict": 2, "metrics": 2, "report": 1})
+DOWNSTREAM_OF_TRAIN = Counter({"train": 2}) + DOWNSTREAM_OF_PREDICT
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return local_demo_run(tmp_path_factory.getbasetemp())
+
+
+def changed_config(run, overrides: dict, name: str):
+    cfg = yaml.safe_load(run["config"].read_text())
+    path = run["workdir"] / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(deep_update(cfg, overrides), sort_keys=False))
+    return path
+
+
+def test_first_run_built_everything_once_per_run_id(run):
+    ran = job_counts(run["output"])
+    assert ran == Counter({"csv_to_folders": 1, "validate_dataset": 1, "norm_stats": 1, "train": 2,
+                           "predict": 2, "metrics": 2, "report": 1})
+    root = run["root"]
+    for rid in (1, 2):
+        assert (root / "checkpoints" / f"demo_pneumonia_{rid}-best.ckpt").is_file()
+        assert (root / "results" / f"demo_pneumonia_{rid}" / "metrics.json").is_file()
+    assert (root / "report.html").is_file()
+    # up to date right after: nothing to do
+    assert planned_jobs(run["workdir"], run["config"]) == Counter()
+
+
+@pytest.mark.parametrize("overrides", [{"inference": {"tta": True}}, {"inference": {"overlap": 0.5}}],
+                         ids=["tta", "overlap"])
+def test_inference_key_reruns_inference_onward_not_training(run, overrides):
+    cfg = changed_config(run, overrides, "inference_changed")
+    assert planned_jobs(run["workdir"], cfg) == DOWNSTREAM_OF_PREDICT
+
+
+def test_lr_reruns_training_onward(run):
+    cfg = changed_config(run, {"train": {"lr": 5e-3}}, "lr_changed")
+    assert planned_jobs(run["workdir"], cfg) == DOWNSTREAM_OF_TRAIN
+
+
+def test_report_option_reruns_only_the_report(run):
+    cfg = changed_config(run, {"report": {"title": "Another title", "max_charts": 3}}, "report_changed")
+    assert planned_jobs(run["workdir"], cfg) == Counter({"report": 1})
+
+
+def test_new_bioflow_version_reruns_the_heavy_rules(run):
+    # What an upgraded installation looks like to the Snakefile: `import bioflow` reports a new
+    # __version__ (set here in the Snakemake process before the Snakefile imports bioflow).
+    prelude = "import bioflow\nbioflow.__version__ = bioflow.__version__ + '.post999'"
+    planned = planned_jobs(run["workdir"], run["config"], prelude=prelude)
+    assert planned == DOWNSTREAM_OF_TRAIN
+    # the cheap preparation stages do not depend on the code version
+    assert not {"csv_to_folders", "validate_dataset", "norm_stats"} & set(planned)
+
+
+def test_until_validate_dataset_runs_only_that_stage(tmp_path):
+    cfg = tiny_demo_config(tmp_path / "tiny.yaml")
+    proc = snakemake(tmp_path, cfg, "--cores", "2", "--until", "validate_dataset")
+    # validate_dataset and the stage it needs (the demo data is a CSV): nothing after it
+    assert job_counts(proc.stdout + proc.stderr) == Counter({"csv_to_folders": 1, "validate_dataset": 1})
+    root = tmp_path / "results" / "demo_pneumonia"
+    manifest = json.loads((root / "prepared" / "manifest.json").read_text())
+    assert manifest["workflow"] == "classification" and manifest["splits"]["train"]
+    assert not (root / "prepared" / "normalization.json").exists()
+    assert not (root / "checkpoints").exists()
+    # and a plain run afterwards continues from there
+    rest = planned_jobs(tmp_path, cfg)
+    assert "validate_dataset" not in rest and "csv_to_folders" not in rest
+    assert rest["train"] == 2 and rest["norm_stats"] == 1
+
+
+def test_run_ids_are_independent_jobs_aggregated_by_the_report(run):
+    root = run["root"]
+    out = run["output"]
+    # one train job per run_id, each with its own wildcard
+    assert set(re.findall(r"rule train:.*?wildcards: run_id=(\d+)", out, re.S)) == {"1", "2"}
+    ckpts = [root / "checkpoints" / f"demo_pneumonia_{rid}-best.ckpt" for rid in (1, 2)]
+    assert ckpts[0].read_bytes() != ckpts[1].read_bytes()  # seeded by run_id: different models
+    # the report aggregates both runs: accuracy's mean ± sd over n=2 runs, then one column per run
+    acc = [json.loads((root / "results" / f"demo_pneumonia_{rid}" / "metrics.json").read_text())["accuracy"]
+           for rid in (1, 2)]
+    html = (root / "report.html").read_text()
+    row = re.search(r"<td>accuracy</td><td>([0-9.]+) ± ([0-9.]+)</td><td>(\d+)</td><td>([0-9.]+)</td>"
+                    r"<td>([0-9.]+)</td>", html)
+    assert row, "no accuracy row with mean ± sd and two run columns in report.html"
+    assert int(row.group(3)) == 2
+    assert float(row.group(1)) == pytest.approx(sum(acc) / 2, abs=1e-4)
+    assert sorted(float(row.group(i)) for i in (4, 5)) == pytest.approx(sorted(acc), abs=1e-4)
+
+
+def test_snakemake_report_has_charts_and_metrics(run, tmp_path):
+    out = tmp_path / "snakemake_report.html"
+    snakemake(run["workdir"], run["config"], "--report", str(out))
+    html = out.read_text()
+    # report(...) outputs: per-run training charts, per-run metrics and the bioflow report
+    assert "loss.png" in html
+    assert "metrics.json" in html
+    assert "report.html" in html
+    for category in ("Training", "Metrics"):
+        assert category in html

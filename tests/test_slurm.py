@@ -1,0 +1,113 @@
+"""The demo DAG through a real single-node SLURM cluster with the project's profile.
+
+.ci/slurm_cluster.sh starts slurmctld + slurmd (+ munged) on this machine: partitions `cpu`
+(default) and `gpu`, a fake GPU gres. Snakemake runs with `--profile profiles/slurm`
+unchanged, plus the options a cluster without slurmdbd needs (squeue for status) and fast
+polling. Evidence comes from slurmctld itself (`scontrol show job`; MinJobAge keeps finished
+jobs): which rules were submitted, to which partition, with which GPU request, when they ran.
+Skips only where the SLURM binaries are absent (.ci/run installs them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections import Counter
+from datetime import datetime
+
+import pandas as pd
+import pytest
+
+from helpers_snakemake import (SLURM_PROFILE, SLURM_TEST_ARGS, job_counts, local_demo_run, scontrol_jobs,
+                               slurm_missing, snakemake, start_slurm_cluster, tiny_demo_config)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+LOCAL_RULES = {"csv_to_folders", "validate_dataset", "norm_stats", "report", "all"}
+GPU_RULES = {"train", "predict"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    missing = slurm_missing()
+    if missing:
+        pytest.skip(f"SLURM binaries not found ({', '.join(missing)}); "
+                    "apt-get install -y slurmctld slurmd slurm-client munge (.ci/run does)")
+    return start_slurm_cluster()
+
+
+def _rule_of(job: dict) -> tuple[str, str]:
+    """(rule, wildcards) from the plugin's `--comment rule_<name>[_wildcards_<values>]`."""
+    m = re.fullmatch(r"rule_(.+?)(?:_wildcards_(.*))?", job.get("Comment", ""))
+    assert m, f"SLURM job {job['JobId']} has no Snakemake rule comment: {job.get('Comment')!r}"
+    return m.group(1), m.group(2) or ""
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
+    local = local_demo_run(tmp_path_factory.getbasetemp())
+    workdir = tmp_path_factory.mktemp("slurm_run")
+    cfg = tiny_demo_config(workdir / "tiny.yaml")
+    known = {j["JobId"] for j in scontrol_jobs()}
+    t0 = time.time()
+    proc = snakemake(workdir, cfg, "--profile", str(SLURM_PROFILE), *SLURM_TEST_ARGS, timeout=900)
+    seconds = time.time() - t0
+    here = os.path.realpath(workdir)
+    jobs = [j for j in scontrol_jobs()
+            if j["JobId"] not in known and os.path.realpath(j.get("WorkDir", "")) == here]
+    return {"local": local, "workdir": workdir, "root": workdir / "results" / "demo_pneumonia",
+            "output": proc.stdout + proc.stderr, "jobs": jobs, "seconds": seconds}
+
+
+def test_jobs_went_through_sbatch(slurm_run):
+    jobs = slurm_run["jobs"]
+    submitted = Counter(_rule_of(j)[0] for j in jobs)
+    # every heavy stage was a SLURM job, one per run_id; the tiny ones stayed on the submit host
+    assert submitted == Counter({"train": 2, "predict": 2, "metrics": 2}), slurm_run["output"][-3000:]
+    assert not LOCAL_RULES & set(submitted)
+    for j in jobs:
+        assert j["JobState"] == "COMPLETED" and j["ExitCode"] == "0:0", j
+    assert sorted(_rule_of(j)[1] for j in jobs if _rule_of(j)[0] == "train") == ["1", "2"]
+    # Snakemake ran the same DAG as locally
+    assert job_counts(slurm_run["output"]) == job_counts(slurm_run["local"]["output"])
+
+
+def test_gpu_stages_asked_for_a_gpu_on_the_gpu_partition(slurm_run):
+    for j in slurm_run["jobs"]:
+        rule, _ = _rule_of(j)
+        gres = j.get("TresPerJob", "") + " " + j.get("TresPerNode", "")
+        if rule in GPU_RULES:
+            assert j["Partition"] == "gpu", j
+            assert re.search(r"gres[:/]gpu:1\b", gres), f"{rule}: no GPU requested: {gres!r}"
+            assert re.search(r"gres[:/]gpu:\d+", j.get("CpusPerTres", "")), j  # cpus_per_gpu
+        else:
+            assert j["Partition"] == "cpu", j  # the cluster's default partition
+            assert "gpu" not in gres, j
+
+
+def test_run_ids_trained_in_parallel(slurm_run):
+    trains = [j for j in slurm_run["jobs"] if _rule_of(j)[0] == "train"]
+    spans = [(datetime.fromisoformat(j["StartTime"]), datetime.fromisoformat(j["EndTime"])) for j in trains]
+    (s1, e1), (s2, e2) = spans
+    assert max(s1, s2) < min(e1, e2), f"train jobs did not overlap: {spans}"
+
+
+def test_outputs_match_a_local_run(slurm_run):
+    local_root, root = slurm_run["local"]["root"], slurm_run["root"]
+    for rid in (1, 2):
+        run = f"results/demo_pneumonia_{rid}"
+        a = pd.read_csv(local_root / run / "predictions.csv")
+        b = pd.read_csv(root / run / "predictions.csv")
+        assert list(a.columns) == list(b.columns) and len(a) == len(b) > 0
+        prob = [c for c in a.columns if c.startswith("prob")]
+        assert prob, a.columns
+        other = [c for c in a.columns if c not in prob]
+        pd.testing.assert_frame_equal(a[other], b[other])
+        pd.testing.assert_frame_equal(a[prob], b[prob], atol=1e-4, rtol=0)
+        ma = json.loads((local_root / run / "metrics.json").read_text())
+        mb = json.loads((root / run / "metrics.json").read_text())
+        for key in ("accuracy", "balanced_accuracy", "f1_macro"):
+            assert mb[key] == pytest.approx(ma[key], abs=1e-6)
+    assert (root / "report.html").is_file()
