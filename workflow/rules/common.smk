@@ -37,7 +37,7 @@ STAGE_KEYS = {
                          "data.channel_axis", "data.mask_transform", "data.labels_csv", "data.metadata_csv",
                          "model.n_classes", "model.multilabel"],
     "norm_stats": ["data.channels", "data.channel_axis", "data.normalization"],
-    "patch_dataset": ["patches", "data.channels", "data.channel_axis"],
+    "patch_dataset": ["patches", "experiment.ndim", "data.channels", "data.channel_axis", "data.mask_transform"],
     "train": ["experiment.workflow", "experiment.ndim", "data", "model", "train"],
     "predict": ["experiment.workflow", "experiment.ndim", "data.patch_size", "data.channels", "data.channel_axis",
                 "data.resize", "data.normalization", "data.mask_transform", "inference"],
