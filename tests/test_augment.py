@@ -77,3 +77,7 @@ def test_tta_ops_invert():
     assert len(ops) == 1 + 3 + 3
     for fwd, inv in ops:
         torch.testing.assert_close(inv(fwd(x)), x)
+    from bioflow.training.augment import tta_flags
+    assert len(tta_ops(x.shape[2:], flips=True, rot90=False)) == 1 + 3
+    assert tta_flags({"rot90": False}) == {"flips": True, "rot90": False}
+    assert tta_flags({"enabled": False}) == {"flips": False, "rot90": False}

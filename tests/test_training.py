@@ -109,6 +109,15 @@ def test_early_stopping_and_summary_reason(tmp_path):
     assert s["stop_reason"] == "early_stopping" and s["epochs_run"] < 30
 
 
+def test_time_limit_stops_and_shortens_the_schedule(tmp_path):
+    cfg = _cfg(tmp_path, epochs=1000, max_time_minutes=0.04, n_sample_images=0)
+    s = _run(tmp_path, cfg)
+    assert s["stop_reason"] == "max_time" and 1 <= s["epochs_run"] < 1000
+    assert s["wall_time_s"] < 2.4 + 3  # within the budget (plus one step and teardown)
+    # the schedule length was fitted to the epochs that fit in the time, not 1000 epochs
+    assert s["schedule_steps"] is not None and s["schedule_steps"] < 1000 * 4
+
+
 def test_config_hash_ignores_duration_keys_only():
     base = {"experiment": {"name": "a", "run_ids": [1]}, "data": {}, "model": {"architecture": "x"},
             "train": {"epochs": 2, "lr": 1e-3, "patience": 3}}

@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def predict_proba(model, loader, device, tta: bool = False, multilabel: bool = False) -> np.ndarray:
-    """Probabilities ``(N, C)`` for every item of ``loader`` (softmax, or sigmoid for multi-label)."""
+def predict_proba(model, loader, device, tta: bool = False, multilabel: bool = False,
+                  tta_flags: dict | None = None) -> np.ndarray:
+    """Probabilities ``(N, C)`` for every item of ``loader`` (softmax, or sigmoid for multi-label);
+    ``tta``: averaged over the :func:`~bioflow.training.augment.tta_ops` allowed by ``tta_flags``."""
     from bioflow.training.augment import tta_ops
     act = torch.sigmoid if multilabel else (lambda t: torch.softmax(t, 1))
     out = []
@@ -36,7 +38,7 @@ def predict_proba(model, loader, device, tta: bool = False, multilabel: bool = F
         x = batch["image"].to(device)
         meta = batch.get("meta")
         meta = None if meta is None else meta.to(device)
-        ops = tta_ops(x.shape[2:]) if tta else [(lambda t: t, None)]
+        ops = tta_ops(x.shape[2:], **(tta_flags or {})) if tta else [(lambda t: t, None)]
         p = 0
         for fwd, _ in ops:
             logits = model(fwd(x)) if meta is None else model(fwd(x), meta)
@@ -86,7 +88,11 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
     loader = torch.utils.data.DataLoader(ds, batch_size=int(inf.get("batch_size", 8)) * 4, shuffle=False,
                                          num_workers=int(cfg.get("train", {}).get("num_workers", 0)))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    probs = predict_proba(model, loader, device, bool(inf.get("tta", False)), multilabel)
+    from bioflow.training.augment import tta_flags
+    # TTA uses only the transforms the model was trained with (no rotations for a model
+    # trained without rot90, e.g. chest X-rays)
+    flags = tta_flags(hp["cfg"]["train"].get("augmentation"))
+    probs = predict_proba(model, loader, device, bool(inf.get("tta", False)), multilabel, flags)
 
     test_root = (manifest.get("data_paths") or {}).get("test")
     rows = []

@@ -125,18 +125,28 @@ def augment(image: np.ndarray, mask: np.ndarray | None = None, aug_cfg: dict | N
 
 # --- test-time augmentation on batched torch tensors (N, C, *spatial) --------------------
 
-def tta_ops(spatial_shape) -> list[tuple]:
+def tta_ops(spatial_shape, flips: bool = True, rot90: bool = True) -> list[tuple]:
     """``[(forward, inverse), ...]``: identity, flips of each spatial axis and (square y-x)
-    rotations by 90/180/270 degrees; ``inverse`` maps a prediction back (segmentation)."""
+    rotations by 90/180/270 degrees; ``inverse`` maps a prediction back (segmentation).
+
+    Pass the training ``augmentation`` flags: a model never trained on rotated images should
+    not be asked about them (``tta_flags``)."""
     import torch
 
     nd = len(spatial_shape)
     ops = [(lambda t: t, lambda t: t)]
-    for ax in range(nd):
+    for ax in range(nd if flips else 0):
         d = 2 + ax
         ops.append((lambda t, d=d: torch.flip(t, (d,)), lambda t, d=d: torch.flip(t, (d,))))
-    if spatial_shape[-1] == spatial_shape[-2]:
+    if rot90 and spatial_shape[-1] == spatial_shape[-2]:
         for k in (1, 2, 3):
             ops.append((lambda t, k=k: torch.rot90(t, k, (-2, -1)),
                         lambda t, k=k: torch.rot90(t, -k, (-2, -1))))
     return ops
+
+
+def tta_flags(aug_cfg: dict | None) -> dict:
+    """``{"flips", "rot90"}`` for :func:`tta_ops` from a training ``train.augmentation``."""
+    cfg = _cfg(aug_cfg)
+    on = bool(cfg["enabled"])
+    return {"flips": on and bool(cfg["flips"]), "rot90": on and bool(cfg["rot90"])}

@@ -103,6 +103,7 @@ class BioflowModule(pl.LightningModule):
         self.metric_fns = dict(metric_fns or {})
         self.epoch_metrics = epoch_metrics
         self.monitor, self.mode = "val_loss", "min"
+        self.horizon: dict = {"total_steps": None}  # schedule length, see TimeBudgetSchedule
         self.save_hyperparameters(dict(hparams or {}))
         self._val_logits, self._val_targets = [], []
 
@@ -150,7 +151,39 @@ class BioflowModule(pl.LightningModule):
         total = self.trainer.estimated_stepping_batches
         spe = max(int(total // epochs), 1) if np.isfinite(total) else 1
         return optim.configure(self.model.parameters(), self.train_cfg, spe, epochs,
-                               monitor=self.monitor, mode=self.mode)
+                               monitor=self.monitor, mode=self.mode, horizon=self.horizon)
+
+
+class TimeBudgetSchedule(pl.Callback):
+    """Fit the lr schedule into ``train.max_time_minutes``.
+
+    After each epoch, the epochs that still fit in the remaining time (at the mean epoch
+    duration so far) set the schedule length, so a warmup-cosine or one-cycle schedule
+    planned for ``train.epochs`` anneals before the time limit stops training instead of being
+    cut off at a high learning rate. The value is broadcast so every DDP rank uses the same.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+        self._t0, self._durations = None, []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._t0 = time.monotonic()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self._t0 is None or not hasattr(pl_module, "horizon"):
+            return
+        self._durations.append(time.monotonic() - self._t0)
+        timer = next((c for c in trainer.callbacks if isinstance(c, pl.callbacks.Timer)), None)
+        elapsed = timer.time_elapsed("train") if timer is not None else sum(self._durations)
+        per_epoch = float(np.mean(self._durations[1:] if len(self._durations) > 1 else self._durations))
+        done = trainer.current_epoch + 1
+        fit_epochs = done + int(max(self.seconds - elapsed, 0.0) // max(per_epoch, 1e-6))
+        epochs = min(int(trainer.max_epochs), max(fit_epochs, done))
+        nb = trainer.num_training_batches
+        spe = max(int(nb), 1) if np.isfinite(nb) else 1
+        total = trainer.strategy.broadcast(epochs * spe)
+        pl_module.horizon["total_steps"] = int(total)
 
 
 def load_model_from_checkpoint(ckpt_path, map_location="cpu"):
@@ -308,7 +341,10 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
         callbacks.append(es)
     max_time = tc.get("max_time_minutes")
     if max_time:
-        callbacks.append(Timer(duration=timedelta(minutes=float(max_time)), interval="epoch"))
+        # checked every step: training stops within the budget, not after one more epoch
+        callbacks.append(Timer(duration=timedelta(minutes=float(max_time)), interval="step"))
+        if hasattr(module, "horizon"):
+            callbacks.append(TimeBudgetSchedule(float(max_time) * 60))
     loggers = [CSVLogger(save_dir=run_dir, name="train_logs", version=""),
                TensorBoardLogger(save_dir=run_dir, name="train_logs", version="tensorboard",
                                  default_hp_metric=False)]
@@ -363,6 +399,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
         "epochs_run": int(trainer.current_epoch), "start_epoch": start_epoch,
         "resumed": resume_from is not None, "max_epochs": int(tc["epochs"]),
         "stop_reason": reason, "wall_time_s": round(wall, 2),
+        "schedule_steps": getattr(module, "horizon", {}).get("total_steps"),
         "config_hash": h, "best_checkpoint": str(ckpt_path), "working_dir": str(work),
         "device": str(trainer.strategy.root_device), "precision": str(trainer.precision),
         "charts": [str(p) for p in chart_files + sample_files],

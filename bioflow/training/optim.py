@@ -70,11 +70,14 @@ def build_optimizer(params, train_cfg: dict) -> torch.optim.Optimizer:
 
 
 def configure(module_params, train_cfg: dict, steps_per_epoch: int, epochs: int,
-              monitor: str = "val_loss", mode: str = "min"):
+              monitor: str = "val_loss", mode: str = "min", horizon: dict | None = None):
     """What ``LightningModule.configure_optimizers`` returns for ``train.*``.
 
     ``reduce_on_plateau`` watches ``monitor`` (factor 0.5, patience max(1, patience // 4))
-    once per epoch; the other schedules step per batch.
+    once per epoch; the other schedules step per batch. ``horizon``: a mutable dict whose
+    ``"total_steps"`` (when set) replaces ``steps_per_epoch * epochs`` as the schedule length,
+    read at every step -- the engine shortens it when ``train.max_time_minutes`` will stop
+    training before ``epochs`` (so the schedule still anneals within the time budget).
     """
     opt = build_optimizer(module_params, train_cfg)
     sched = train_cfg.get("scheduler", "none")
@@ -92,7 +95,8 @@ def configure(module_params, train_cfg: dict, steps_per_epoch: int, epochs: int,
     warm = spe * int(train_cfg.get("warmup_epochs", 0))
 
     def factor(step):  # a closure: not pickled into checkpoints (see module docstring)
-        return lr_factor(sched, step, total, warm)
+        t = (horizon or {}).get("total_steps") or total
+        return lr_factor(sched, step, t, min(warm, t // 2))
 
     s = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": s, "interval": "step", "frequency": 1}}

@@ -1,0 +1,25 @@
+#!/usr/bin/env python
+"""PneumoniaMNIST (28x28 chest X-rays, normal vs pneumonia) with the classification_2d template.
+
+Data: /work/shared/data/pneumoniamnist/pneumoniamnist.npz (train 388 normal / 3494
+pneumonia, val 135 / 389, official test 234 / 390). Target: test accuracy >= 0.88 and AUC
+>= 0.95 within the template's 10 minutes of training on 2 CPU cores.
+
+    flock /tmp/bioflow_cpu.lock python benchmarks/classification_pneumonia.py [--baseline]
+"""
+
+import os
+from pathlib import Path
+
+from classification_common import main
+
+DATA = Path(os.environ.get("BIOFLOW_SHARED_DATA", "/work/shared/data")) / "pneumoniamnist" / "pneumoniamnist.npz"
+
+OVERRIDES = {  # only paths, channels, class count and patch size differ from the template
+    "data": {"csv": str(DATA), "train": None, "val": None, "test": None, "channels": 1,
+             "patch_size": [64, 64], "csv_options": {"class_names": ["normal", "pneumonia"]}},
+    "model": {"n_classes": 2},
+}
+
+if __name__ == "__main__":
+    main("pneumonia", "classification_2d.yaml", OVERRIDES, {"accuracy": 0.88, "auc": 0.95, "train_minutes": 10})
