@@ -1,0 +1,107 @@
+"""Segmentation stages end to end on the bundled demo data (2D DSB2018, 3D nuclei), tiny runs."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from bioflow import postprocess
+from bioflow.config import output_root, run_dir
+from bioflow.data import normalization, validate
+from bioflow.errors import BioflowError
+from bioflow.inference.segmentation import FOLDERS, predict
+from bioflow.metrics.segmentation import evaluate
+from bioflow.training.segmentation import train
+from bioflow.workflows import stage_function
+
+
+def _prepare(cfg):
+    root = output_root(cfg)
+    man, norm = root / "prepared/manifest.json", root / "prepared/normalization.json"
+    validate.run(cfg, man)
+    normalization.run(cfg, man, norm, root / "prepared/m.npy", root / "prepared/s.npy")
+    return root, man, norm
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_train_predict_postprocess_metrics(make_cfg, dsb_folders, nuclei3d_folders, ndim):
+    data = dsb_folders if ndim == 2 else nuclei3d_folders
+    cfg = make_cfg("semantic_segmentation",
+                   experiment={"ndim": ndim},
+                   data={"train": str(data / "train"), "test": str(data / "test"), "mask_transform": "foreground",
+                         "patch_size": [64, 64] if ndim == 2 else [16, 32, 32],
+                         "normalization": {"type": "percentile", "per_image": True},
+                         "sampling": {"foreground_bias": 0.5, "save_probability_maps": True}},
+                   model={"architecture": "unet_nd" if ndim == 2 else "unet3d", "features": [4, 8, 16],
+                          "residual": ndim == 3},
+                   train={"epochs": 2, "steps_per_epoch": 2, "batch_size": 2, "loss": "ce_dice", "lr": 1e-3,
+                          "n_sample_images": 1},
+                   inference={"padding": 4, "overlap": 0.25, "tta": ndim == 2, "batch_size": 4},
+                   postprocess={"z_filter": 3, "yz_filter": 0})
+    root, man, norm = _prepare(cfg)
+    rd = run_dir(cfg, 1)
+    ckpt = root / "checkpoints" / "test_1-best.ckpt"
+    summary = stage_function("train", "semantic_segmentation")(cfg, 1, man, norm, ckpt, rd)
+    assert ckpt.is_file() and summary["monitor"] == "val_iou" and summary["best_score"] is not None
+    assert list((rd / "charts").glob("patch_sample_*.png"))
+    assert list((rd / "probability_maps").glob("*.tif"))
+
+    csv = stage_function("predict", "semantic_segmentation")(cfg, 1, ckpt, man, norm, rd)
+    table = pd.read_csv(csv)
+    test_names = sorted(p.name for p in (data / "test" / "x").iterdir())
+    assert sorted(table["file"]) == test_names
+    for f in FOLDERS:
+        for name in test_names:
+            out = tifffile.imread(rd / f / name)
+            gt = tifffile.imread(data / "test" / "y" / name)
+            assert out.shape == gt.shape and out.dtype == np.uint8 and out.max() <= 1
+    assert (rd / "patch_metrics.json").is_file()
+
+    postprocess.run(cfg, rd / "per_image", rd / "full_post_processing")
+    m = stage_function("metrics", "semantic_segmentation")(cfg, 1, man, rd)
+    saved = json.loads((rd / "metrics.json").read_text())
+    assert saved["labels_available"] is True
+    for metric in ("iou", "dice"):
+        assert set(saved[metric]) == {"per_patch", "per_image", "full_image", "post_processing"}
+        for level in saved[metric].values():
+            assert {"foreground", "class_0", "class_1", "foreground_pooled"} <= set(level)
+            assert level["foreground"] is None or 0 <= level["foreground"] <= 1
+    assert m["iou"]["per_image"]["n"] == len(test_names)
+    per_image = pd.read_csv(rd / "metrics_per_image.csv")
+    assert len(per_image) == len(test_names) and "per_image_iou_foreground" in per_image
+
+
+def test_unlabelled_test_set(make_cfg, dsb_folders):
+    import shutil
+    shutil.rmtree(dsb_folders / "test" / "y")
+    cfg = make_cfg("semantic_segmentation",
+                   data={"train": str(dsb_folders / "train"), "test": str(dsb_folders / "test"),
+                         "test_has_labels": False, "mask_transform": "foreground", "patch_size": [64, 64]},
+                   model={"architecture": "unet_nd", "features": [4, 8]},
+                   train={"epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "n_sample_images": 0},
+                   inference={"full_image": False, "argmax": False})
+    root, man, norm = _prepare(cfg)
+    rd = run_dir(cfg, 1)
+    ckpt = root / "checkpoints" / "test_1-best.ckpt"
+    train(cfg, 1, man, norm, ckpt, rd)
+    predict(cfg, 1, ckpt, man, norm, rd)
+    assert not (rd / "patch_metrics.json").exists()
+    table = pd.read_csv(rd / "predictions.csv")
+    assert set(table["full_image_mode"]) == {"tiled"}
+    probs = tifffile.imread(rd / "per_image" / table["file"][0])
+    assert probs.dtype == np.float32 and probs.shape[-1] == 2 and np.allclose(probs.sum(-1), 1, atol=1e-4)
+    assert evaluate(cfg, 1, man, rd) == {"run_id": 1, "n_classes": 2, "n_test_images": len(table),
+                                         "labels_available": False}
+
+
+def test_patch_size_must_fit_the_model(make_cfg, dsb_folders):
+    cfg = make_cfg("semantic_segmentation",
+                   data={"train": str(dsb_folders / "train"), "test": str(dsb_folders / "test"),
+                         "mask_transform": "foreground", "patch_size": [48, 48]},
+                   model={"architecture": "unet"}, train={"epochs": 1})
+    root, man, norm = _prepare(cfg)
+    with pytest.raises(BioflowError, match="data.patch_size"):
+        train(cfg, 1, man, norm, root / "c.ckpt", run_dir(cfg, 1))
