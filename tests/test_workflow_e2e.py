@@ -153,3 +153,18 @@ def test_bad_data_stops_before_training(tmp_path):
     log = (tmp_path / "results" / "bad" / "logs" / "validate_dataset.log").read_text()
     assert "notes.txt" in log and "broken.png" in log
     assert not (tmp_path / "results" / "bad" / "checkpoints").exists()
+
+
+def test_unknown_architecture_stops_at_validation(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["data"]["csv"] = str(DEMO / "pneumoniamnist" / "labels.csv")
+    cfg["model"]["architecture"] = "resnet_typo"
+    cfgfile = tmp_path / "c.yaml"
+    cfgfile.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "1",
+                          "--configfile", str(cfgfile), "--directory", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "model.architecture: unknown 'resnet_typo'; valid for classification 2D:" in res.stderr
+    assert "simple_cnn" in res.stderr
+    assert not (tmp_path / "results" / "demo_pneumonia" / "prepared" / "manifest.json").exists()

@@ -90,16 +90,32 @@ def build_model(cfg: dict, **extra) -> nn.Module:
     Raises BioflowError "model.architecture: unknown 'x'; valid: ..." for an unknown name and
     a similar message when the model does not support the workflow or ``experiment.ndim``.
     """
+    spec = check_architecture(cfg)
+    if spec is None:
+        from bioflow.models.classification import build_timm_classifier
+        model = build_timm_classifier(cfg, cfg["model"]["architecture"], **extra)
+        return _maybe_load_weights(model, cfg)
+    model = spec.fn(cfg, **extra)
+    return _maybe_load_weights(model, cfg)
+
+
+def check_architecture(cfg: dict) -> ModelSpec | None:
+    """Check ``model.architecture`` (and a given ``model.weights`` file) without building a model.
+
+    Returns the registered spec, or None for a plain timm name (2D classification). Called by
+    validate_dataset so that a typo fails before any training time is spent.
+    """
     _ensure_loaded()
     name = cfg["model"]["architecture"]
     wf = cfg["experiment"]["workflow"]
     ndim = int(cfg["experiment"].get("ndim", 2))
+    weights = cfg["model"].get("weights")
+    if weights and not Path(weights).is_file():
+        raise BioflowError(f"model.weights: file '{weights}' not found; give a local weights file or null")
     spec = _REGISTRY.get(name)
     if spec is None:
         if wf == "classification" and ndim == 2 and _timm_ok(name):
-            from bioflow.models.classification import build_timm_classifier
-            model = build_timm_classifier(cfg, name, **extra)
-            return _maybe_load_weights(model, cfg)
+            return None
         valid = list_models(wf, ndim)
         hint = " (or any timm model name, see timm.list_models())" if wf == "classification" and ndim == 2 else ""
         raise BioflowError(f"model.architecture: unknown '{name}'; valid for {wf} {ndim}D: "
@@ -108,8 +124,7 @@ def build_model(cfg: dict, **extra) -> nn.Module:
         valid = list_models(wf, ndim)
         raise BioflowError(f"model.architecture: '{name}' supports workflows {list(spec.workflows)} "
                            f"in {list(spec.ndim)}D, not {wf} {ndim}D; valid: {', '.join(valid)}")
-    model = spec.fn(cfg, **extra)
-    return _maybe_load_weights(model, cfg)
+    return spec
 
 
 def _maybe_load_weights(model: nn.Module, cfg: dict) -> nn.Module:

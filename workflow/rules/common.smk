@@ -32,7 +32,8 @@ POSTPROCESS = IS_SEG and (config["postprocess"]["z_filter"] > 0 or config["postp
 # the stages listed for it, and everything downstream of them.
 STAGE_KEYS = {
     "csv_to_folders": ["experiment.name", "experiment.result_dir", "data.csv", "data.csv_options", "experiment.ndim"],
-    "validate_dataset": ["experiment.workflow", "experiment.ndim", "experiment.split_seed", "data.train",
+    "validate_dataset": ["experiment.workflow", "experiment.ndim", "experiment.split_seed", "model.architecture",
+                         "model.weights", "data.train",
                          "data.val", "data.val_split", "data.test", "data.test_has_labels", "data.channels",
                          "data.channel_axis", "data.mask_transform", "data.labels_csv", "data.metadata_csv",
                          "model.n_classes", "model.multilabel"],
