@@ -111,7 +111,7 @@ def check_architecture(cfg: dict) -> ModelSpec | None:
     ndim = int(cfg["experiment"].get("ndim", 2))
     weights = cfg["model"].get("weights")
     if weights and not Path(weights).is_file():
-        raise BioflowError(f"model.weights: file '{weights}' not found; give a local weights file or null")
+        raise BioflowError(f"model.weights: file not found: {weights}; give a local state_dict (.pt/.pth/.ckpt) or null")
     spec = _REGISTRY.get(name)
     if spec is None:
         if wf == "classification" and ndim == 2 and _timm_ok(name):
