@@ -33,7 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SRC = Path(os.environ.get("BIOFLOW_SHARED_DATA", REPO.parent / "shared" / "data")) / "dsb2018_stage1_train"
 # proposed template defaults that the template does not state yet (see RESULTS.md)
-PROPOSED = {"train": {"steps_per_epoch": 100}}
+PROPOSED = {"train": {"steps_per_epoch": 50, "warmup_epochs": 1}}
 
 
 def build_folders(work: Path) -> Path:
@@ -182,8 +182,8 @@ def main(argv=None):
     normalization.run(cfg, man, norm, root / "prepared/norm_mean.npy", root / "prepared/norm_std.npy")
     ckpt = root / "checkpoints" / "dsb2018_1-best.ckpt"
     t0 = time.time()
-    snap = Snapshots(root / "checkpoints" / "dsb2018_1" / "last.ckpt", work / "snapshots", t0)
     shutil.rmtree(work / "snapshots", ignore_errors=True)
+    snap = Snapshots(root / "checkpoints" / "dsb2018_1" / "last.ckpt", work / "snapshots", t0)
     snap.start()
     summary = train(cfg, 1, man, norm, ckpt, rdir(cfg, 1))
     snap.stop.set(); snap.join()

@@ -330,7 +330,7 @@ class SegmentationDataModule(_DMBase):
     """Train patches (random, foreground-biased) and val patches (grid) from in-memory samples."""
 
     def __init__(self, cfg: dict, train: list[Sample], val: list[Sample], seed: int = 0,
-                 max_val_patches: int = 256):
+                 max_val_patches: int = 128):
         super().__init__()
         self.cfg = cfg
         d, t = cfg["data"], cfg["train"]
