@@ -90,7 +90,7 @@ def test_unlabelled_test_set(make_cfg, dsb_folders):
     predict(cfg, 1, ckpt, man, norm, rd)
     assert not (rd / "patch_metrics.json").exists()
     table = pd.read_csv(rd / "predictions.csv")
-    assert set(table["full_image_mode"]) == {"tiled"}
+    assert set(table["full_image_mode"]) == {"off"} and not (rd / "full_image").exists()
     probs = tifffile.imread(rd / "per_image" / table["file"][0])
     assert probs.dtype == np.float32 and probs.shape[-1] == 2 and np.allclose(probs.sum(-1), 1, atol=1e-4)
     assert evaluate(cfg, 1, man, rd) == {"run_id": 1, "n_classes": 2, "n_test_images": len(table),

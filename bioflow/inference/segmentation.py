@@ -6,9 +6,9 @@ For every test image (BiaPy's output folders, one TIFF per image with the image'
   ``padding``, ``blending``, ``batch_size``); class ids (``argmax: true``, uint8) or per-class
   probabilities (float32, channels last);
 * ``per_image_binarized/``: foreground = ``1 - p(background) >= binarize_threshold`` (uint8 0/1);
-* ``full_image/`` + ``full_image_binarized/``: the whole image in one forward pass (padded to the
-  model's size divisor) when it fits ``memory_budget_mb``, else the tiled result (noted in
-  ``predictions.csv``);
+* ``full_image/`` + ``full_image_binarized/`` (``inference.full_image: true``): the whole image
+  in one forward pass (padded to the model's size divisor) when it fits ``memory_budget_mb``,
+  else the tiled result (``full_image_mode`` in ``predictions.csv`` says which);
 * ``run_dir/predictions.csv``: one row per image with its output paths;
 * ``run_dir/patch_metrics.json`` (test masks known): TP/FP/FN of the model's raw output on each
   non-overlapping ``patch_size`` patch, read by the metrics stage as the ``per_patch`` level.
@@ -235,7 +235,9 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
         # whole-image inference when it fits, else the tiled result stands in
         padded_px = int(np.prod([n + (-n) % div for n in spatial]))
         fits = image is not None and padded_px * (ACTIVATION_BYTES_PER_PIXEL + 4 * (channels + n_classes)) <= budget
-        if inf.get("full_image", True) and fits:
+        if not inf.get("full_image", True):
+            row["full_image_mode"] = "off"
+        elif fits:
             probs = predict_whole(image, predict_fn, div)
             _write(run_dir / "full_image" / f"{stem}.tif", finalize(probs, argmax))
             _write(run_dir / "full_image_binarized" / f"{stem}.tif", binarize(probs, thr))
@@ -245,7 +247,8 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
             _copy(outs.paths["per_image_binarized"], run_dir / "full_image_binarized" / f"{stem}.tif")
             row["full_image_mode"] = "tiled"
         for f in FOLDERS:
-            row[f] = str(run_dir / f / f"{stem}.tif")
+            if row["full_image_mode"] != "off" or not f.startswith("full"):
+                row[f] = str(run_dir / f / f"{stem}.tif")
 
         if mask is not None and image is not None:
             row["_patches"] = patch_counts(image, mask, predict_fn, tile, n_classes,

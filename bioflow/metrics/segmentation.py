@@ -146,11 +146,9 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
         for lvl, folder in LEVELS.items():
             path = run_dir / folder / (Path(name).stem + ".tif")
             if not path.is_file():
-                if lvl == "post_processing" and not (run_dir / folder).is_dir():
-                    continue
-                if lvl != "post_processing":
+                if lvl == "per_image" or (run_dir / folder).is_dir():
                     raise BioflowError(f"{path}: prediction missing; rerun predict for run {run_id}")
-                continue
+                continue  # a level that was not produced (full_image off, no post-processing)
             pred = _label_image(path, ndim, n_classes)
             if pred.shape != gt.shape:
                 raise BioflowError(f"{path}: prediction shape {pred.shape} differs from the mask "
