@@ -56,6 +56,15 @@ def test_inference_key_reruns_inference_onward_not_training(run, overrides):
     assert planned_jobs(run["workdir"], cfg) == DOWNSTREAM_OF_PREDICT
 
 
+def test_key_order_in_the_yaml_does_not_rerun_anything(run):
+    def reversed_keys(d):
+        return {k: reversed_keys(d[k]) if isinstance(d[k], dict) else d[k] for k in reversed(list(d))}
+
+    path = run["workdir"] / "reordered.yaml"
+    path.write_text(yaml.safe_dump(reversed_keys(yaml.safe_load(run["config"].read_text())), sort_keys=False))
+    assert planned_jobs(run["workdir"], path) == Counter()
+
+
 def test_lr_reruns_training_onward(run):
     cfg = changed_config(run, {"train": {"lr": 5e-3}}, "lr_changed")
     assert planned_jobs(run["workdir"], cfg) == DOWNSTREAM_OF_TRAIN
@@ -113,11 +122,15 @@ def test_run_ids_are_independent_jobs_aggregated_by_the_report(run):
 
 def test_snakemake_report_has_charts_and_metrics(run, tmp_path):
     out = tmp_path / "snakemake_report.html"
-    snakemake(run["workdir"], run["config"], "--report", str(out))
+    snakemake(run["workdir"], run["config"], "--cores", "1", "--report", str(out))
     html = out.read_text()
-    # report(...) outputs: per-run training charts, per-run metrics and the bioflow report
-    assert "loss.png" in html
-    assert "metrics.json" in html
-    assert "report.html" in html
-    for category in ("Training", "Metrics"):
-        assert category in html
+    m = re.search(r"var categories = (\{.*?\});\s*</script>", html, re.S)
+    assert m, "no result categories in Snakemake's report"
+    cats = json.loads(m.group(1))
+    # report(...) outputs: training charts and metrics per run_id, bioflow's report (metric tables)
+    for rid in (1, 2):
+        charts = cats["Training"][f"run {rid}"]
+        assert any(p.endswith(f"demo_pneumonia_{rid}/charts/loss.png") for p in charts), charts
+        assert cats["Metrics"][f"run {rid}"] == [f"results/demo_pneumonia/results/demo_pneumonia_{rid}/metrics.json"]
+    assert cats["Metrics"]["all runs"] == ["results/demo_pneumonia/report.html"]
+    assert '"mime_type": "image/png"' in html  # charts are embedded, not just listed

@@ -57,7 +57,17 @@ def stage_params(stage):
             out.setdefault(section, {})[key] = copy.deepcopy(config[section][key])
         else:
             out[section] = copy.deepcopy(config[section])
-    return out
+    return _key_sorted(out)
+
+
+def _key_sorted(value):
+    """Dicts with sorted keys, recursively. Snakemake compares params by their text, so
+    without this the same keys in another order in the YAML would rerun the stage."""
+    if isinstance(value, dict):
+        return {k: _key_sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_key_sorted(v) for v in value]
+    return value
 
 
 def validate_inputs(wildcards):

@@ -5,7 +5,7 @@ rule metrics:
     input:
         unpack(metrics_inputs),
     output:
-        json=f"{RUN}/metrics.json",
+        json=report(f"{RUN}/metrics.json", category="Metrics", subcategory="run {run_id}"),
     params:
         cfg=stage_params("metrics"),
         version=VERSION,
@@ -23,7 +23,8 @@ rule report:
         metrics=expand(f"{RUN}/metrics.json", run_id=RUN_IDS),
         summaries=expand(f"{RUN}/train_summary.json", run_id=RUN_IDS),
     output:
-        f"{ROOT}/report.html",
+        # the metrics tables (mean ± sd over run_ids, per run, per class) and charts
+        report(f"{ROOT}/report.html", category="Metrics", subcategory="all runs"),
     params:
         cfg=stage_params("report"),
         run_dirs=expand(RUN, run_id=RUN_IDS),

@@ -10,6 +10,9 @@ rule train:
         # so a killed job keeps it and the rerun resumes from it.
         ckpt=f"{ROOT}/checkpoints/{EXP}_{{run_id}}-best.ckpt",
         summary=f"{RUN}/train_summary.json",
+        # loss / metric curves and augmented samples, shown by `snakemake --report`
+        charts=report(directory(f"{RUN}/charts"), patterns=["{name}.png"], category="Training",
+                      subcategory="run {run_id}"),
     params:
         cfg=stage_params("train"),
         version=VERSION,
