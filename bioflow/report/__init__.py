@@ -20,8 +20,13 @@ from bioflow import __version__
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path
 
-# metrics.json keys that are not scalar summaries shown in the main table
-_SKIP = {"confusion_matrix", "class_names", "ci95", "per_class", "labels_available", "per_label"}
+# metrics.json keys that are not scalar summaries shown in the main table: matrices, tables
+# shown elsewhere, and bookkeeping (counts, settings) that would read like a metric
+_SKIP = {"confusion_matrix", "class_names", "ci95", "per_class", "labels_available", "per_label",
+         "run_id", "bootstrap", "n_samples", "n_predictions", "n_images", "n_patches", "threshold"}
+# train_summary.json fields worth a column (paths and hashes stay in the file)
+_TRAIN_COLUMNS = ("monitor", "best_score", "best_epoch", "epochs_run", "stop_reason", "resumed", "wall_time_s",
+                  "device", "precision")
 
 
 def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -118,23 +123,26 @@ def build_html(cfg: dict, run_dirs: list[str | Path]) -> str:
         if isinstance(m.get("per_class"), dict):
             parts.append(f"<h3>Per class: {html.escape(r)}</h3>")
             keys = sorted({k for v in m["per_class"].values() for k in v})
-            rows = [[html.escape(c)] + [_fmt(float(v[k])) if k in v else "" for k in keys]
+            rows = [[html.escape(c)] + [("" if k not in v else str(int(v[k])) if k == "support" else _fmt(float(v[k])))
+                                        for k in keys]
                     for c, v in m["per_class"].items()]
             parts.append(_table(["class"] + keys, rows))
 
     if summaries:
         parts.append("<h2>Training</h2>")
-        keys = sorted({k for s in summaries.values() for k, v in s.items()
-                       if isinstance(v, (int, float, str)) and not isinstance(v, bool)})
-        rows = [[html.escape(r)] + [html.escape(str(s.get(k, ""))) for k in keys] for r, s in summaries.items()]
+        keys = [k for k in _TRAIN_COLUMNS if any(k in s for s in summaries.values())]
+        rows = [[html.escape(r)] + [html.escape(_fmt(v) if isinstance(v, float) else str(v))
+                                    for v in (s.get(k, "") for k in keys)] for r, s in summaries.items()]
         parts.append(_table(["run"] + keys, rows))
 
     max_charts = (cfg.get("report") or {}).get("max_charts", 12)
     for d in run_dirs:
+        # curves and confusion matrices first, augmented samples (smaller) last
         images = sorted(d.glob("*.png")) + sorted((d / "charts").glob("*.png"))
+        images.sort(key=lambda p: p.name.startswith("aug_samples"))
         if images and max_charts:
             parts.append(f"<h2>Charts: {html.escape(d.name)}</h2><div class='figs'>")
-            parts.extend(_img(p) for p in images[:max_charts])
+            parts.extend(_img(p, 200 if p.name.startswith("aug_samples") else 420) for p in images[:max_charts])
             parts.append("</div>")
 
     parts.append("<h2>Configuration</h2><pre>" + html.escape(yaml.safe_dump(cfg, sort_keys=False)) + "</pre>")
