@@ -19,6 +19,7 @@ from datetime import datetime
 
 import pandas as pd
 import pytest
+import yaml
 
 from helpers_snakemake import (SLURM_PROFILE, SLURM_TEST_ARGS, job_counts, local_demo_run, scontrol_jobs,
                                slurm_missing, snakemake, start_slurm_cluster, tiny_demo_config)
@@ -74,17 +75,30 @@ def test_jobs_went_through_sbatch(slurm_run):
     assert job_counts(slurm_run["output"]) == job_counts(slurm_run["local"]["output"])
 
 
+def _minutes(limit: str) -> int:
+    """SLURM's TimeLimit `[days-]hours:minutes:seconds` in minutes."""
+    days, _, hms = limit.rpartition("-")
+    h, m, sec = (int(x) for x in hms.split(":"))
+    return (int(days or 0) * 24 + h) * 60 + m + (sec > 0)
+
+
 def test_gpu_stages_asked_for_a_gpu_on_the_gpu_partition(slurm_run):
+    profile = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
     for j in slurm_run["jobs"]:
         rule, _ = _rule_of(j)
         gres = j.get("TresPerJob", "") + " " + j.get("TresPerNode", "")
         if rule in GPU_RULES:
-            assert j["Partition"] == "gpu", j
-            assert re.search(r"gres[:/]gpu:1\b", gres), f"{rule}: no GPU requested: {gres!r}"
-            assert re.search(r"gres[:/]gpu:\d+", j.get("CpusPerTres", "")), j  # cpus_per_gpu
+            want = profile["set-resources"][rule]
+            assert j["Partition"] == want["slurm_partition"] == "gpu", j
+            assert re.search(rf"gres[:/]gpu:{want['gpu']}\b", gres), f"{rule}: no GPU requested: {gres!r}"
+            assert re.search(rf"gres[:/]gpu:{want['cpus_per_gpu']}\b", j.get("CpusPerTres", "")), j
+            assert int(j["NumCPUs"]) == want["gpu"] * want["cpus_per_gpu"], j
         else:
+            want = profile["default-resources"]
             assert j["Partition"] == "cpu", j  # the cluster's default partition
             assert "gpu" not in gres, j
+        assert j["MinMemoryNode"] == f"{want['mem_mb']}M", j
+        assert _minutes(j["TimeLimit"]) == want["runtime"], j
 
 
 def test_run_ids_trained_in_parallel(slurm_run):
