@@ -23,6 +23,9 @@ PREPARED = f"{ROOT}/prepared"
 RUN = f"{ROOT}/results/{EXP}_{{run_id}}"
 LOGS = f"{ROOT}/logs"
 VERSION = bioflow.__version__
+# Threads of the heavy stages: every core given with --cores locally. None (SLURM executor
+# without --cores, `snakemake --report`) -> 1, and the cluster profile's set-threads decides.
+ALL_CORES = workflow.resource_settings.cores or 1
 IS_SEG = WORKFLOW == "semantic_segmentation"
 POSTPROCESS = IS_SEG and (config["postprocess"]["z_filter"] > 0 or config["postprocess"]["yz_filter"] > 0)
 

@@ -25,7 +25,7 @@ rule predict:
         f"{LOGS}/predict_{{run_id}}.log",
     benchmark:
         f"{ROOT}/benchmarks/predict_{{run_id}}.tsv"
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=1,
     script:

@@ -23,7 +23,7 @@ rule train:
         f"{LOGS}/train_{{run_id}}.log",
     benchmark:
         f"{ROOT}/benchmarks/train_{{run_id}}.tsv"
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=1,
     script:
