@@ -82,6 +82,7 @@ def test_fit_writes_checkpoint_logs_charts_and_resumes(tmp_path):
     log = pd.read_csv(run / "train_logs" / "metrics.csv")
     assert {"train_loss", "val_loss", "val_acc"} <= set(log.columns)
     assert (run / "charts" / "loss.png").is_file() and (run / "charts" / "val_acc.png").is_file()
+    assert (run / "charts" / "lr-Adam.png").is_file()  # LearningRateMonitor rows get their epoch
     assert len(list((run / "charts").glob("aug_samples_*.png"))) == 2
     assert list((run / "train_logs" / "tensorboard").glob("events.*"))
     # the checkpoint alone rebuilds the model (no optimizer state in the declared copy)

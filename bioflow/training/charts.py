@@ -30,6 +30,9 @@ def epoch_table(metrics_csv):
     df = pd.read_csv(metrics_csv)
     if "epoch" not in df:
         return pd.DataFrame()
+    if "step" in df:  # LearningRateMonitor rows carry a step but no epoch: take the next row's
+        df = df.sort_values("step", kind="stable")
+        df["epoch"] = df["epoch"].bfill()
     df = df.dropna(subset=["epoch"])
     cols = [c for c in df.columns if c not in ("step", "epoch")]
     return df.groupby("epoch")[cols].last().sort_index()

@@ -1,0 +1,25 @@
+#!/usr/bin/env python
+"""AdrenalMNIST3D-64 (64^3 binary adrenal shapes, normal vs mass) with the classification_3d template.
+
+Data: /work/shared/data/adrenalmnist3d_64/adrenalmnist3d_64.npz (train 929 / 259, val 76 / 22,
+test 229 / 69). Target: test AUC >= 0.90 within the template's 15 minutes of training on 2
+CPU cores.
+
+    flock /tmp/bioflow_cpu.lock python benchmarks/classification_adrenal3d.py [--baseline]
+"""
+
+import os
+from pathlib import Path
+
+from classification_common import main
+
+DATA = Path(os.environ.get("BIOFLOW_SHARED_DATA", "/work/shared/data")) / "adrenalmnist3d_64" / "adrenalmnist3d_64.npz"
+
+OVERRIDES = {  # only paths, channels, class count and patch size differ from the template
+    "data": {"csv": str(DATA), "train": None, "val": None, "test": None, "channels": 1,
+             "csv_options": {"class_names": ["normal", "mass"]}},
+    "model": {"n_classes": 2},
+}
+
+if __name__ == "__main__":
+    main("adrenal3d", "classification_3d.yaml", OVERRIDES, {"auc": 0.90, "train_minutes": 15})
