@@ -105,3 +105,18 @@ def test_patch_size_must_fit_the_model(make_cfg, dsb_folders):
     root, man, norm = _prepare(cfg)
     with pytest.raises(BioflowError, match="data.patch_size"):
         train(cfg, 1, man, norm, root / "c.ckpt", run_dir(cfg, 1))
+
+
+def test_precision_auto_resolution():
+    import torch
+    from bioflow.training.segmentation import resolve_precision, torch_counts
+    from bioflow.metrics.segmentation import confusion_counts
+    explicit = {"train": {"precision": "32"}}
+    assert resolve_precision(explicit) is explicit
+    auto = resolve_precision({"train": {"precision": "auto"}})
+    assert auto["train"]["precision"] in ("auto", "bf16-mixed")
+    # the validation counts in torch equal the metrics stage's numpy counts
+    rng = np.random.default_rng(0)
+    p, t = rng.integers(0, 3, (2, 5, 6)), rng.integers(0, 3, (2, 5, 6))
+    assert np.array_equal(torch_counts(torch.from_numpy(p), torch.from_numpy(t), 3).numpy(),
+                          confusion_counts(p, t, 3))
