@@ -78,7 +78,6 @@ def open_rows(path, ndim: int, channels: int | None, channel_axis="auto") -> Row
                 tf = tifffile.TiffFile(p)
                 pages = tf.pages
                 if len(pages) > 1 and len(pages) == shape[0] and _as_rows((len(pages),) + pages[0].shape, shape):
-                    layout = _as_rows((len(pages),) + pages[0].shape, shape)
                     def read_pages(a, b, pages=pages):
                         return np.stack([pages[i].asarray() for i in range(a, b)])
                     return RowSource(shape, dtype, read_pages, True, tf.close)
