@@ -44,9 +44,11 @@ STAGE_KEYS = {
     "patch_dataset": ["patches", "experiment.ndim", "data.channels", "data.channel_axis", "data.mask_transform"],
     "train": ["experiment.workflow", "experiment.ndim", "data", "model", "train"],
     "predict": ["experiment.workflow", "experiment.ndim", "data.patch_size", "data.channels", "data.channel_axis",
-                "data.resize", "data.normalization", "data.mask_transform", "inference"],
-    "postprocess": ["postprocess"],
-    "metrics": ["experiment.workflow", "model.n_classes", "data.mask_transform", "metrics"],
+                "data.resize", "data.normalization", "data.mask_transform", "data.test_has_labels",
+                "train.ignore_index", "inference"],
+    "postprocess": ["experiment.ndim", "postprocess"],
+    "metrics": ["experiment.workflow", "experiment.ndim", "model.n_classes", "data.mask_transform",
+                "data.test_has_labels", "train.ignore_index", "metrics"],
     "report": ["experiment.name", "experiment.run_ids", "report"],
 }
 
