@@ -186,3 +186,12 @@ def test_unknown_optimizer_and_scheduler_list_valid_names():
         optim.configure(p, {"optimizer": "lion", "lr": 1.0}, 1, 1)
     with pytest.raises(BioflowError, match="train.scheduler.*warmup_cosine"):
         optim.configure(p, {"optimizer": "adam", "lr": 1.0, "scheduler": "step"}, 1, 1)
+
+
+def test_last_checkpoint_written_every_epoch_even_without_improvement(tmp_path):
+    # lr ~ 0: the monitored metric never improves after epoch 0; last.ckpt must still be the
+    # newest epoch, or a killed run would resume from its last improvement.
+    cfg = _cfg(tmp_path, epochs=3, patience=0, lr=1e-12, scheduler="none", n_sample_images=0)
+    _run(tmp_path, cfg)
+    last = torch.load(tmp_path / "toy" / "checkpoints" / "toy_1" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 2

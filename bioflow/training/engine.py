@@ -332,9 +332,13 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
 
     module.monitor, module.mode = monitor, mode
     ckpt_cb = ModelCheckpoint(dirpath=work, filename="best-{epoch:03d}", monitor=monitor, mode=mode,
-                              save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                              save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+    # last.ckpt every epoch, for resuming. Not save_last=True on the callback above: Lightning
+    # then rewrites last.ckpt only in epochs that improve the monitor, so a kill would lose
+    # every epoch since the last improvement.
+    last_cb = ModelCheckpoint(dirpath=work, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                               enable_version_counter=False)
-    callbacks = [ckpt_cb, LearningRateMonitor(logging_interval="epoch")]
+    callbacks = [ckpt_cb, last_cb, LearningRateMonitor(logging_interval="epoch")]
     es = None
     if int(tc.get("patience", 0)) > 0:
         es = EarlyStopping(monitor=monitor, mode=mode, patience=int(tc["patience"]))
