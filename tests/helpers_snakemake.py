@@ -135,13 +135,33 @@ def slurm_missing() -> list[str]:
     return [b for b in SLURM_BINARIES if shutil.which(b) is None and not Path(f"/usr/sbin/{b}").exists()]
 
 
-def start_slurm_cluster() -> str:
-    """Start (or reuse) the single-node cluster of .ci/slurm_cluster.sh; returns its output."""
+def start_slurm_cluster() -> bool:
+    """Start the single-node cluster of .ci/slurm_cluster.sh; False when it was already up."""
     proc = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], capture_output=True, text=True,
                           timeout=120, env=clean_env())
     if proc.returncode != 0:
         raise AssertionError(f".ci/slurm_cluster.sh start failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
+    return "already running" not in proc.stdout
+
+
+def stop_slurm_cluster() -> None:
+    subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop"], capture_output=True, text=True, timeout=60,
+                   env=clean_env())
+
+
+def slurm_cluster_fixture():
+    """Body of a module-scoped `cluster` fixture: skip without SLURM, start the cluster, and
+    stop it afterwards if this test module started it."""
+    import pytest
+
+    missing = slurm_missing()
+    if missing:
+        pytest.skip(f"SLURM binaries not found ({', '.join(missing)}); "
+                    "apt-get install -y slurmctld slurmd slurm-client munge (.ci/run does)")
+    started = start_slurm_cluster()
+    yield
+    if started:
+        stop_slurm_cluster()
 
 
 def scontrol_jobs() -> list[dict]:

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from helpers_snakemake import deep_update, job_counts, local_demo_run, planned_jobs, snakemake, tiny_demo_config
+from helpers_snakemake import REPO, deep_update, job_counts, local_demo_run, planned_jobs, snakemake, tiny_demo_config
 
 pytestmark = pytest.mark.slow
 
@@ -134,3 +134,11 @@ def test_snakemake_report_has_charts_and_metrics(run, tmp_path):
         assert cats["Metrics"][f"run {rid}"] == [f"results/demo_pneumonia/results/demo_pneumonia_{rid}/metrics.json"]
     assert cats["Metrics"]["all runs"] == ["results/demo_pneumonia/report.html"]
     assert '"mime_type": "image/png"' in html  # charts are embedded, not just listed
+
+
+def test_local_profile_runs_the_dag_with_a_gpu_resource(run):
+    proc = snakemake(run["workdir"], run["config"], "-n", "--forceall", "--profile", str(REPO / "profiles" / "local"))
+    out = proc.stdout + proc.stderr
+    assert job_counts(out) == job_counts(run["output"])
+    assert re.search(r"rule train:.*?resources: [^\n]*\bgpu=1\b", out, re.S)
+    assert re.search(r"rule predict:.*?resources: [^\n]*\bgpu=1\b", out, re.S)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_snakemake import REPO, clean_env, slurm_missing, start_slurm_cluster
+from helpers_snakemake import REPO, clean_env, slurm_cluster_fixture
 
 DRIVER = REPO / "tests" / "ddp_driver.py"
 N_TRAIN, EPOCHS = 64, 2  # ddp_driver's data and epochs
@@ -59,11 +59,7 @@ def test_ddp_two_cpu_processes(tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster():
-    missing = slurm_missing()
-    if missing:
-        pytest.skip(f"SLURM binaries not found ({', '.join(missing)}); "
-                    "apt-get install -y slurmctld slurmd slurm-client munge (.ci/run does)")
-    return start_slurm_cluster()
+    yield from slurm_cluster_fixture()
 
 
 @pytest.mark.slurm

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from helpers_snakemake import (SLURM_PROFILE, SLURM_TEST_ARGS, job_counts, local_demo_run, scontrol_jobs,
-                               slurm_missing, snakemake, start_slurm_cluster, tiny_demo_config)
+                               slurm_cluster_fixture, snakemake, tiny_demo_config)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -32,11 +32,7 @@ GPU_RULES = {"train", "predict"}
 
 @pytest.fixture(scope="module")
 def cluster():
-    missing = slurm_missing()
-    if missing:
-        pytest.skip(f"SLURM binaries not found ({', '.join(missing)}); "
-                    "apt-get install -y slurmctld slurmd slurm-client munge (.ci/run does)")
-    return start_slurm_cluster()
+    yield from slurm_cluster_fixture()
 
 
 def _rule_of(job: dict) -> tuple[str, str]:
