@@ -168,3 +168,37 @@ def test_unknown_architecture_stops_at_validation(tmp_path):
     assert "model.architecture: unknown 'resnet_typo'; valid for classification 2D:" in res.stderr
     assert "simple_cnn" in res.stderr
     assert not (tmp_path / "results" / "demo_pneumonia" / "prepared" / "manifest.json").exists()
+
+
+def test_killed_training_resumes_on_plain_rerun(tmp_path):
+    import os
+    import signal
+    import time
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["data"]["csv"] = str(DEMO / "pneumoniamnist" / "labels.csv")
+    cfg["train"].update(epochs=400, patience=0)
+    cfg["metrics"]["bootstrap"] = 0
+    cfgfile = tmp_path / "config.yaml"
+    cfgfile.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "2",
+           "--configfile", str(cfgfile), "--directory", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    last = tmp_path / "results" / "demo_pneumonia" / "checkpoints" / "demo_pneumonia_1" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file() and last.stat().st_size > 0:
+            time.sleep(2)  # a few more epochs
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+    proc.wait(timeout=120)
+    summary = tmp_path / "results" / "demo_pneumonia" / "results" / "demo_pneumonia_1" / "train_summary.json"
+    assert not summary.exists()
+    # the same command again, shortened: Snakemake reruns the incomplete job, training resumes
+    cfg["train"]["epochs"] = 30
+    run_snakemake(cfg, tmp_path)
+    s = json.loads(summary.read_text())
+    assert s["resumed"] is True and s["start_epoch"] > 0
+    assert (tmp_path / "results" / "demo_pneumonia" / "report.html").is_file()
