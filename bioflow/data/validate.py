@@ -373,15 +373,7 @@ def build_manifest(cfg: dict) -> dict:
             else:
                 items = [(p, cls) for cls, ps in per_class.items() for p in ps]
                 entries = ck.run_parallel(ck.check_image, [p for p, _ in items])
-                out = []
-                for e, (p, cls) in zip(entries, items):
-                    if e is None:
-                        continue
-                    known = cls is not None and cls in classes
-                    e["label"] = classes.index(cls) if known else None
-                    e["class_name"] = cls if known else None
-                    out.append(e)
-                splits[split] = out
+                splits[split] = _labelled(entries, [cls for _, cls in items], classes)
         if ck.multilabel:
             _attach_csv(ck, cfg, splits, roots, "labels")
         if d.get("metadata_csv"):
@@ -465,8 +457,14 @@ def _scan_patch_split(ck: _Checker, split, per_class, classes, labelled) -> list
             pairs = _side_by_side(ck, files, need_masks=labelled)
         items.extend((i, m, cls) for i, m in pairs)
     entries = ck.run_parallel(ck.check_pair, [(i, m) for i, m, _ in items])
+    return _labelled(entries, [cls for _, _, cls in items], classes)
+
+
+def _labelled(entries: list[dict | None], class_names: list[str | None], classes: list[str]) -> list[dict]:
+    """Entries that passed their checks (None = a problem was recorded), with label and class
+    name set; a class not in ``classes`` (unlabelled test data) gets None for both."""
     out = []
-    for e, (_, _, cls) in zip(entries, items):
+    for e, cls in zip(entries, class_names):
         if e is None:
             continue
         known = cls is not None and cls in classes
