@@ -18,13 +18,17 @@ DEMO = ROOT / "demo_data"
 pytestmark = pytest.mark.slow
 
 
-def run_snakemake(cfg: dict, workdir: Path, *extra: str) -> subprocess.CompletedProcess:
+def snakemake_cmd(cfg: dict, workdir: Path, *extra: str) -> list[str]:
+    """The user's command line for ``cfg`` (written to workdir/config.yaml), run in ``workdir``."""
     cfgfile = workdir / "config.yaml"
     cfgfile.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "2",
-           "--configfile", str(cfgfile), "--directory", str(workdir), *extra]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if res.returncode != 0:
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "2",
+            "--configfile", str(cfgfile), "--directory", str(workdir), *extra]
+
+
+def run_snakemake(cfg: dict, workdir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run(snakemake_cmd(cfg, workdir, *extra), capture_output=True, text=True, timeout=900)
+    if check and res.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted(workdir.rglob("logs/*.log")))
         raise AssertionError(f"snakemake failed:\n{res.stderr[-4000:]}\n{logs}")
     return res
@@ -144,11 +148,7 @@ def test_bad_data_stops_before_training(tmp_path):
     cfg = {"experiment": {"name": "bad", "workflow": "classification"},
            "data": {"train": str(train), "patch_size": [16, 16]},
            "model": {"architecture": "simple_cnn", "n_classes": 2}}
-    cfgfile = tmp_path / "c.yaml"
-    cfgfile.write_text(yaml.safe_dump(cfg))
-    res = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "1",
-                          "--configfile", str(cfgfile), "--directory", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
+    res = run_snakemake(cfg, tmp_path, check=False)
     assert res.returncode != 0
     log = (tmp_path / "results" / "bad" / "logs" / "validate_dataset.log").read_text()
     assert "notes.txt" in log and "broken.png" in log
@@ -159,11 +159,7 @@ def test_unknown_architecture_stops_at_validation(tmp_path):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg["data"]["csv"] = str(DEMO / "pneumoniamnist" / "labels.csv")
     cfg["model"]["architecture"] = "resnet_typo"
-    cfgfile = tmp_path / "c.yaml"
-    cfgfile.write_text(yaml.safe_dump(cfg))
-    res = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "1",
-                          "--configfile", str(cfgfile), "--directory", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
+    res = run_snakemake(cfg, tmp_path, check=False)
     assert res.returncode != 0
     assert "model.architecture: unknown 'resnet_typo'; valid for classification 2D:" in res.stderr
     assert "simple_cnn" in res.stderr
@@ -179,11 +175,7 @@ def test_killed_training_resumes_on_plain_rerun(tmp_path):
     cfg["data"]["csv"] = str(DEMO / "pneumoniamnist" / "labels.csv")
     cfg["train"].update(epochs=400, patience=0)
     cfg["metrics"]["bootstrap"] = 0
-    cfgfile = tmp_path / "config.yaml"
-    cfgfile.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "2",
-           "--configfile", str(cfgfile), "--directory", str(tmp_path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(snakemake_cmd(cfg, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     last = tmp_path / "results" / "demo_pneumonia" / "checkpoints" / "demo_pneumonia_1" / "last.ckpt"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
