@@ -91,6 +91,11 @@ def _check_semantics(cfg: dict, source) -> None:
     if len(cfg["data"]["patch_size"]) != ndim:
         problems.append(f"data.patch_size: has {len(cfg['data']['patch_size'])} values but "
                         f"experiment.ndim is {ndim}; give [y, x] in 2D or [z, y, x] in 3D")
+    pad = cfg["inference"]["padding"]
+    if wf == "semantic_segmentation" and 2 * pad >= min(cfg["data"]["patch_size"]):
+        # Caught here, not at inference time after training: tiles keep no core otherwise.
+        problems.append(f"inference.padding: {pad} leaves no tile core for data.patch_size "
+                        f"{cfg['data']['patch_size']}; use a padding below half the smallest patch side")
     if cfg["model"]["multilabel"] and not cfg["data"]["labels_csv"]:
         problems.append("model.multilabel: true needs data.labels_csv (one 0/1 column per label)")
     if cfg["model"]["multilabel"] and wf != "classification":

@@ -59,6 +59,8 @@ def test_user_values_are_kept():
     ({"train": {"class_weights": [1.0, 2.0, 3.0]}}, "train.class_weights"),
     ({"model": {"multilabel": True}}, "data.labels_csv"),
     ({"experiment": {"run_ids": []}}, "experiment.run_ids"),
+    ({"experiment": {"workflow": "semantic_segmentation"}, "data": {"patch_size": [16, 64]},
+      "inference": {"padding": 8}}, "inference.padding: 8 leaves no tile core"),
 ])
 def test_bad_values_name_the_key(overrides, needle):
     with pytest.raises(BioflowError) as err:

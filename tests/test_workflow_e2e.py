@@ -129,6 +129,7 @@ def test_semseg_2d_dsb2018(tmp_path):
 def test_semseg_3d_nuclei_with_z_filter(tmp_path):
     cfg = _semseg_cfg("semseg_3d.yaml", DEMO / "nuclei3d", tmp_path, patch_size=[16, 64, 64])
     cfg["model"]["features"] = [8, 16, 32]
+    cfg["inference"]["padding"] = 4  # below half of the 16-slice patch
     cfg["postprocess"] = {"z_filter": 3, "yz_filter": 0}
     run_snakemake(cfg, tmp_path)
     run = tmp_path / "results" / "my_semseg_3d" / "results" / "my_semseg_3d_1"
