@@ -149,7 +149,15 @@ stop_daemons() {
 
 case "$cmd" in
     start) start ;;
-    stop) stop_daemons; echo "slurm_cluster: stopped (munged left running; logs kept in $LOG)" ;;
+    stop)
+        stop_daemons
+        # Remove the config we wrote: with it, every SLURM client (and the Snakemake SLURM
+        # plugin, which runs `scontrol show config` when imported) waits ~10 s for a controller
+        # that is gone, on every `snakemake` call. Without it they fail at once.
+        for f in "$CONF" /etc/slurm/gres.conf; do
+            if [ -e "$f" ] && grep -qxF "$MARK" "$f"; then rm -f "$f"; fi
+        done
+        echo "slurm_cluster: stopped, its config removed (munged left running; logs kept in $LOG)" ;;
     status)
         if pid_alive "$STATE/slurmctld.pid" && scontrol ping >/dev/null 2>&1; then
             echo "slurm_cluster: running; node state $(node_state); logs in $LOG"
