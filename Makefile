@@ -23,4 +23,4 @@ demo: install
 	@echo "report: results/demo_pneumonia/report.html"
 
 test: system-deps install-test
-	$(PYTHON) -m pytest -ra
+	$(PYTHON) -m pytest -ra --durations=15
