@@ -206,7 +206,8 @@ def _seg_cfg(make_cfg, root, ndim=2, **over):
     base = {"data": {"train": str(root / "train"), "test": str(root / "test"),
                      "mask_transform": "foreground",
                      "patch_size": [16, 64, 64] if ndim == 3 else [128, 128]},
-            "experiment": {"ndim": ndim}}
+            "experiment": {"ndim": ndim},
+            "inference": {"padding": 4}}  # config check: below half of the 16-slice patch
     return make_cfg("semantic_segmentation", **deep_update(base, over))
 
 
