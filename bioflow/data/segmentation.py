@@ -21,11 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bioflow.errors import BioflowError
+from bioflow.io import to_grey
 
 log = logging.getLogger(__name__)
-
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
 
 # --- reading -------------------------------------------------------------------------------
 
@@ -41,10 +39,7 @@ def to_channels(image: np.ndarray, channels: int, path="<image>") -> np.ndarray:
     if c == channels:
         return image
     if channels == 1 and c in (3, 4):
-        grey = image[..., :3].astype(np.float32) @ _LUMA
-        if np.issubdtype(image.dtype, np.integer):
-            grey = np.clip(np.rint(grey), 0, np.iinfo(image.dtype).max)
-        return grey.astype(image.dtype)[..., None]
+        return to_grey(image)  # the same conversion bioflow.io applies when reading
     if channels == 3 and c == 4:
         return image[..., :3]
     raise BioflowError(f"{path}: has {c} channel(s) but data.channels is {channels}; set data.channels")
