@@ -107,7 +107,7 @@ def test_evaluate_stage_files(tmp_path):
                        **{f"prob_{n}": p[:, i] for i, n in enumerate(names)}})
     df.to_csv(tmp_path / "predictions.csv", index=False)
     cfg = {"data": {"test_has_labels": True}, "model": {"multilabel": False}, "metrics": {"bootstrap": 50}}
-    m = evaluate(cfg, 1, _manifest(tmp_path, names), tmp_path)
+    evaluate(cfg, 1, _manifest(tmp_path, names), tmp_path)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["accuracy"] == pytest.approx(skm.accuracy_score(y, p.argmax(1)))
     assert set(on_disk["ci95"]) >= {"accuracy", "auc", "f1_macro"} and on_disk["class_names"] == names

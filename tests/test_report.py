@@ -1,6 +1,5 @@
 """bioflow.report: aggregation math and the HTML page."""
 import json
-import math
 
 import pytest
 

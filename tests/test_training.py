@@ -1,8 +1,6 @@
 """The shared Lightning engine: fit, checkpoints, logs, charts, resume after a kill."""
 
 import json
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest

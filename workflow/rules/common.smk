@@ -1,7 +1,6 @@
 # Included first by the Snakefile: config validation, output paths, per-stage params.
 import copy
 import os
-import sys
 from pathlib import Path
 
 import bioflow
