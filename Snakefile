@@ -29,13 +29,25 @@ include: "workflow/rules/evaluate.smk"
 # Seconds-long stages run on the submitting host even under a cluster profile.
 localrules:
     all,
-    csv_to_folders,
-    validate_dataset,
+    validate_train,
+    validate_test,
     norm_stats,
-    report,
+    save_config,
+
+
+if "csv_to_folders" in STAGES:
+
+    localrules:
+        csv_to_folders,
+
+
+if "report" in STAGES:
+
+    localrules:
+        report,
 
 
 rule all:
     input:
-        final_targets(),
+        WF.targets(config, L),
     default_target: True

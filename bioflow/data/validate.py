@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bioflow.data.masks import TRANSFORM_CLASSES
+from bioflow.data.manifest import load_manifest
 from bioflow.errors import BioflowError
 from bioflow.io import IMAGE_EXTENSIONS, is_image_file, read_image, read_mask, write_json
 
@@ -64,6 +64,11 @@ def _files(folder: Path) -> list[Path]:
     return sorted(out)
 
 
+def class_folders(folder: Path) -> list[Path]:
+    """The class folders of a classification split (sorted; hidden ones skipped)."""
+    return _subdirs(folder)
+
+
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -72,22 +77,24 @@ def _abs(p) -> str:
     return os.path.abspath(os.fspath(p))
 
 
-class _Checker:
-    def __init__(self, cfg: dict):
-        self.cfg = cfg
-        e, d, m = cfg["experiment"], cfg["data"], cfg["model"]
-        self.workflow = e["workflow"]
-        self.ndim = int(e.get("ndim", 2))
-        self.channels = int(d.get("channels", 1))
-        self.channel_axis = d.get("channel_axis", "auto")
-        self.n_classes = int(m.get("n_classes", 2))
-        self.multilabel = bool(m.get("multilabel", False)) and self.workflow == "classification"
-        self.mask_transform = d.get("mask_transform", "none")
-        self.test_has_labels = bool(d.get("test_has_labels", True))
+class Checker:
+    """Collects every problem of a dataset; the file-level checks all workflows share.
+
+    ``masks``: images come with integer masks whose values are class ids (< ``n_classes``
+    unless a ``data.mask_transform`` maps instance labels to classes).
+    """
+
+    def __init__(self, cfg, masks: bool = False, part: str = "train"):
+        self.ndim = int(cfg["experiment"]["ndim"])
+        self.channels = int(cfg["data"]["channels"])
+        self.channel_axis = cfg["data"]["channel_axis"]
+        self.n_classes = int(cfg["model"]["n_classes"])
+        self.mask_transform = cfg["data"]["mask_transform"] if masks else "none"
+        self.mask_classes = masks
+        # only the test part may be unlabelled
+        self.test_has_labels = bool(cfg["data"]["test_has_labels"]) if part == "test" else True
         self.problems: list[str] = []
         self.ignored: list[str] = []
-        # masks hold class ids (segmentation, patch workflow with x/ + y/ folders)
-        self.mask_classes = self.workflow == "semantic_segmentation"
 
     def problem(self, msg: str) -> None:
         self.problems.append(msg)
@@ -159,9 +166,10 @@ class _Checker:
 
     # --- classification ------------------------------------------------------------------
 
-    def scan_classes(self, split: str, root: Path, labelled: bool):
-        """Image files per class folder: ``{class: [paths]}``, or ``{None: [paths]}`` unlabelled."""
-        if not labelled or self.multilabel:
+    def scan_classes(self, split: str, root: Path, flat: bool):
+        """Image files per class folder: ``{class: [paths]}``, or ``{None: [paths]}`` when
+        ``flat`` (unlabelled, or labels from a CSV)."""
+        if flat:
             return {None: self.non_images(_files(root))}
         loose = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
                        and p.name.lower() not in IGNORED_FILES)
@@ -293,126 +301,6 @@ def _split_val(entries: list[dict], frac: float, seed: int, stratify: bool):
     return [entries[i] for i in sorted(tr)], [entries[i] for i in sorted(va)]
 
 
-def build_manifest(cfg: dict) -> dict:
-    """Scan and check the data; return the manifest or raise one BioflowError listing all problems."""
-    from bioflow.config import data_paths
-
-    ck = _Checker(cfg)
-    d = cfg["data"]
-    csv_mode = bool(d.get("csv"))
-    paths = data_paths(cfg)
-    wf = ck.workflow
-
-    # which splits to read, and whether val is split from train
-    roots: dict[str, Path] = {}
-    train = paths.get("train")
-    if not train or not Path(train).is_dir():
-        ck.problem(f"data.train: folder {train} not found; check the path"
-                   + (" (run csv_to_folders first)" if csv_mode else ""))
-    else:
-        roots["train"] = Path(train)
-    val_source = "split"
-    for split in ("val", "test"):
-        p = paths.get(split)
-        if not p:
-            continue
-        generated = csv_mode and d.get(split) is None  # csv_to_folders output: may be absent
-        if Path(p).is_dir():
-            roots[split] = Path(p)
-            if split == "val":
-                val_source = "path"
-        elif not generated:
-            ck.problem(f"data.{split}: folder {p} not found; check the path or set it to null")
-
-    # patch workflow: x/ + y/ folders whose masks hold defect class ids (0 = free), or
-    # class folders whose images carry binary defect masks
-    seg_like = wf == "semantic_segmentation" or (
-        wf == "patch_classification" and "train" in roots and (roots["train"] / "x").is_dir())
-    ck.mask_classes = seg_like
-    if seg_like:
-        need = TRANSFORM_CLASSES.get(ck.mask_transform)
-        if need is not None and ck.n_classes < need:
-            ck.problem(f"model.n_classes: {ck.n_classes} but data.mask_transform "
-                       f"{ck.mask_transform} makes {need} classes; set model.n_classes: {need}")
-        elif need is not None and ck.n_classes > need:
-            log.warning("model.n_classes=%d but mask_transform %s makes %d classes",
-                        ck.n_classes, ck.mask_transform, need)
-
-    classes: list[str] = []
-    splits: dict[str, list[dict]] = {}
-    extra: dict = {}
-    if seg_like:
-        classes = [str(i) for i in range(ck.n_classes)]
-        for split, root in roots.items():
-            splits[split] = _scan_segmentation(ck, split, root)
-    else:
-        labelled = {s: (s != "test" or ck.test_has_labels) for s in roots}
-        per_split = {s: ck.scan_classes(s, r, labelled[s]) for s, r in roots.items()}
-        if ck.multilabel:
-            classes = _multilabel_classes(ck, cfg)
-        elif "train" in per_split:
-            classes = sorted(per_split["train"])
-            n_found = len(classes)
-            if wf == "patch_classification":
-                # patches of a defect class too little covered go to the free class
-                from bioflow.prepare.patches import patch_classes
-                n_found = len(patch_classes(classes)[0])
-            if n_found != ck.n_classes and classes:
-                extra_free = " + the added 'free' class" if n_found > len(classes) else ""
-                ck.problem(f"{roots['train']}: {len(classes)} class folders ({', '.join(classes)})"
-                           f"{extra_free} but model.n_classes is {ck.n_classes}; set "
-                           f"model.n_classes: {n_found} or fix the folders")
-        for split, per_class in per_split.items():
-            for cls in per_class:
-                if cls is not None and classes and cls not in classes and split != "train":
-                    ck.problem(f"{roots[split] / cls}: class '{cls}' of the {split} set is not "
-                               f"among the train classes {classes}; rename or remove the folder")
-        for split, per_class in per_split.items():
-            if wf == "patch_classification":
-                splits[split] = _scan_patch_split(ck, split, per_class, classes, labelled[split])
-            else:
-                items = [(p, cls) for cls, ps in per_class.items() for p in ps]
-                entries = ck.run_parallel(ck.check_image, [p for p, _ in items])
-                splits[split] = _labelled(entries, [cls for _, cls in items], classes)
-        if ck.multilabel:
-            _attach_csv(ck, cfg, splits, roots, "labels")
-        if d.get("metadata_csv"):
-            extra["metadata_columns"] = _attach_csv(ck, cfg, splits, roots, "metadata")
-
-    if "train" in splits and not splits["train"] and "train" in roots:
-        ck.problem(f"{roots['train']}: no training images found")
-    if ck.problems:
-        n = len(ck.problems)
-        shown = ck.problems[:MAX_LISTED]
-        if n > MAX_LISTED:
-            shown.append(f"... and {n - MAX_LISTED} more")
-        raise BioflowError(f"validate_dataset: {n} problem(s) in the data", shown)
-
-    seed = int(cfg["experiment"].get("split_seed", 0))
-    if val_source == "split":
-        splits["train"], splits["val"] = _split_val(
-            splits["train"], float(d.get("val_split", 0.1)), seed,
-            stratify=not seg_like and not ck.multilabel)
-    for s in ("train", "val", "test"):
-        splits.setdefault(s, [])
-
-    manifest = {
-        "workflow": wf, "ndim": ck.ndim, "channels": ck.channels, "channel_axis": ck.channel_axis,
-        "classes": classes, "n_classes": ck.n_classes, "multilabel": ck.multilabel,
-        "mask_transform": ck.mask_transform if seg_like else None,
-        "val_source": val_source, "val_split": float(d.get("val_split", 0.1)), "split_seed": seed,
-        "test_has_labels": ck.test_has_labels,
-        **({"patch_layout": "masks" if seg_like else "class_folders"} if wf == "patch_classification" else {}),
-        "data_paths": {s: (_abs(r) if s in roots else None) for s, r in
-                       ((s, roots.get(s)) for s in ("train", "val", "test"))},
-        **extra,
-        "ignored_files": ck.ignored,
-        "counts": {s: _counts(splits[s], seg_like) for s in ("train", "val", "test")},
-        "splits": splits,
-    }
-    return manifest
-
-
 def _counts(entries: list[dict], seg_like: bool) -> dict:
     if seg_like:
         return {"images": len(entries), "with_mask": sum(1 for e in entries if e.get("mask"))}
@@ -420,7 +308,7 @@ def _counts(entries: list[dict], seg_like: bool) -> dict:
     return {"images": len(entries), **dict(sorted(c.items()))}
 
 
-def _scan_segmentation(ck: _Checker, split: str, root: Path) -> list[dict]:
+def scan_pairs(ck: Checker, split: str, root: Path) -> list[dict]:
     x, y = root / "x", root / "y"
     need_masks = split != "test" or ck.test_has_labels
     if not x.is_dir():
@@ -439,7 +327,7 @@ def _scan_segmentation(ck: _Checker, split: str, root: Path) -> list[dict]:
     return [e for e in ck.run_parallel(ck.check_pair, pairs) if e is not None]
 
 
-def _scan_patch_split(ck: _Checker, split, per_class, classes, labelled) -> list[dict]:
+def scan_class_pairs(ck: Checker, split, per_class, classes, labelled) -> list[dict]:
     """Patch classification: every image of each class folder with its defect mask."""
     items = []
     for cls, files in per_class.items():
@@ -452,15 +340,15 @@ def _scan_patch_split(ck: _Checker, split, per_class, classes, labelled) -> list
             if xs or ys:
                 pairs = ck.pair(split, xs, ys, base / "y")
             else:
-                pairs = _side_by_side(ck, files)
+                pairs = side_by_side(ck, files)
         else:
-            pairs = _side_by_side(ck, files, need_masks=labelled)
+            pairs = side_by_side(ck, files, need_masks=labelled)
         items.extend((i, m, cls) for i, m in pairs)
     entries = ck.run_parallel(ck.check_pair, [(i, m) for i, m, _ in items])
-    return _labelled(entries, [cls for _, _, cls in items], classes)
+    return labelled(entries, [cls for _, _, cls in items], classes)
 
 
-def _labelled(entries: list[dict | None], class_names: list[str | None], classes: list[str]) -> list[dict]:
+def labelled(entries: list[dict | None], class_names: list[str | None], classes: list[str]) -> list[dict]:
     """Entries that passed their checks (None = a problem was recorded), with label and class
     name set; a class not in ``classes`` (unlabelled test data) gets None for both."""
     out = []
@@ -474,7 +362,7 @@ def _labelled(entries: list[dict | None], class_names: list[str | None], classes
     return out
 
 
-def _side_by_side(ck: _Checker, files: list[Path], need_masks: bool = True) -> list[tuple]:
+def side_by_side(ck: Checker, files: list[Path], need_masks: bool = True) -> list[tuple]:
     """Pair ``a.jpg`` + ``a.png`` (PNG = mask) or ``a.tif`` + ``a_mask.tif`` in one folder."""
     groups: dict[tuple, list[Path]] = {}
     for f in files:
@@ -508,8 +396,8 @@ def _side_by_side(ck: _Checker, files: list[Path], need_masks: bool = True) -> l
     return pairs
 
 
-def _multilabel_classes(ck: _Checker, cfg: dict) -> list[str]:
-    file_col = (cfg["data"].get("csv_options") or {}).get("file_column", "file")
+def multilabel_classes(ck: Checker, cfg: dict) -> list[str]:
+    file_col = cfg["data"]["csv_options"]["file_column"]
     try:
         _, _, labels = _csv_table(cfg["data"]["labels_csv"], file_col, "data.labels_csv")
     except BioflowError as exc:
@@ -521,11 +409,11 @@ def _multilabel_classes(ck: _Checker, cfg: dict) -> list[str]:
     return [str(c) for c in labels]
 
 
-def _attach_csv(ck: _Checker, cfg: dict, splits, roots, kind: str):
+def attach_csv(ck: Checker, cfg: dict, splits, roots, kind: str):
     """Add each image's multi-label vector or metadata features from its CSV row."""
     key = "labels_csv" if kind == "labels" else "metadata_csv"
     path = cfg["data"][key]
-    file_col = (cfg["data"].get("csv_options") or {}).get("file_column", "file")
+    file_col = cfg["data"]["csv_options"]["file_column"]
     try:
         table, col, columns = _csv_table(path, file_col, f"data.{key}")
     except BioflowError as exc:
@@ -562,10 +450,69 @@ def _attach_csv(ck: _Checker, cfg: dict, splits, roots, kind: str):
     return [str(c) for c in columns]
 
 
-def run(cfg: dict, manifest_path) -> dict:
-    """Stage validate_dataset: check the data and write the manifest JSON (atomically)."""
-    manifest = build_manifest(cfg)
-    write_json(manifest_path, manifest)
-    for split in ("train", "val", "test"):
-        log.info("validate_dataset %s: %s", split, manifest["counts"][split])
-    return manifest
+# --- the parts of a dataset: train + val (what training reads), test (what prediction reads).
+# Two manifests, so a test-set change never touches what training depends on.
+PARTS = {"train": ("train", "val"), "test": ("test",)}
+
+
+def resolve_roots(ck: Checker, cfg, splits, folders: str | None = None) -> dict[str, Path]:
+    """Existing folders of ``splits`` (each missing configured one is a problem). With
+    ``data.csv`` the folders are csv_to_folders' output ``folders/<split>`` unless set."""
+    csv_mode = bool(cfg["data"]["csv"])
+    roots: dict[str, Path] = {}
+    for split in splits:
+        given = cfg["data"][split]
+        generated = csv_mode and given is None  # csv_to_folders output: val / test may be absent
+        p = str(Path(folders) / split) if generated and folders else given
+        if not p:
+            if split == "train":
+                ck.problem("data.train: missing; give the training folder (or data.csv)")
+            continue
+        if Path(p).is_dir():
+            roots[split] = Path(p)
+        elif not generated or split == "train":
+            ck.problem(f"data.{split}: folder {p} not found; check the path"
+                       + (" (run csv_to_folders first)" if generated else " or set it to null"))
+    return roots
+
+
+def raise_problems(ck: Checker, part: str) -> None:
+    if ck.problems:
+        n = len(ck.problems)
+        shown = ck.problems[:MAX_LISTED]
+        if n > MAX_LISTED:
+            shown.append(f"... and {n - MAX_LISTED} more")
+        raise BioflowError(f"validate_{part}: {n} problem(s) in the data", shown)
+
+
+def assemble(ck: Checker, cfg, part: str, roots: dict, classes: list[str], splits: dict,
+             extra: dict, workflow: str, masks: bool, stratify: bool) -> dict:
+    """The manifest of one part, after every problem was collected (raised here, all at once)."""
+    if part == "train" and "train" in roots and not splits.get("train"):
+        ck.problem(f"{roots['train']}: no training images found")
+    raise_problems(ck, part)
+    head = {"workflow": workflow, "ndim": ck.ndim, "channels": ck.channels, "channel_axis": ck.channel_axis,
+            "classes": classes, "n_classes": ck.n_classes,
+            "mask_transform": ck.mask_transform if masks else None, "part": part}
+    if part == "train":
+        seed = int(cfg["experiment"]["split_seed"])
+        frac = float(cfg["data"]["val_split"])
+        val_source = "path" if "val" in roots else "split"
+        if val_source == "split":
+            splits["train"], splits["val"] = _split_val(splits.get("train", []), frac, seed, stratify)
+        head.update({"val_source": val_source, "val_split": frac, "split_seed": seed})
+    else:
+        head["test_has_labels"] = ck.test_has_labels
+    names = PARTS[part]
+    for s in names:
+        splits.setdefault(s, [])
+    return {**head, **extra,
+            "data_paths": {s: (_abs(roots[s]) if s in roots else None) for s in names},
+            "ignored_files": ck.ignored,
+            "counts": {s: _counts(splits[s], masks) for s in names},
+            "splits": {s: splits[s] for s in names}}
+
+
+def load(path) -> dict:
+    """A manifest written by :func:`assemble`."""
+    return load_manifest(path)

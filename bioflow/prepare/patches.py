@@ -105,8 +105,9 @@ def patch_label(frac: float, class_index: int | None, min_fraction: float, free_
     return class_index if frac > 0 and frac >= min_fraction else free_index
 
 
-def run(cfg: dict, manifest_path, out_dir) -> dict:
-    """Stage patch_dataset; returns the info dict (also written to ``info.json``)."""
+def run(cfg: dict, manifest_path, out_dir, test_manifest_path=None) -> dict:
+    """Stage patch_dataset; returns the info dict (also written to ``info.json``).
+    ``test_manifest_path``: the test part's manifest, whose test split is cut too."""
     import h5py
 
     from bioflow.data.manifest import load_manifest, read_entry_image
@@ -114,6 +115,8 @@ def run(cfg: dict, manifest_path, out_dir) -> dict:
     from bioflow.io import atomic_dir, read_mask, write_json
 
     manifest = load_manifest(manifest_path)
+    if test_manifest_path:
+        manifest["splits"]["test"] = load_manifest(test_manifest_path)["splits"]["test"]
     ndim = manifest["ndim"]
     pcfg = cfg.get("patches") or {}
     size = [int(s) for s in pcfg.get("size", [64] * ndim)]

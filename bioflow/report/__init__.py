@@ -14,7 +14,6 @@ import platform
 import statistics
 from pathlib import Path
 
-import yaml
 
 from bioflow import __version__
 from bioflow.errors import BioflowError
@@ -85,7 +84,7 @@ def _provenance() -> dict[str, str]:
     return info
 
 
-def build_html(cfg: dict, run_dirs: list[str | Path]) -> str:
+def build_html(cfg: dict, run_dirs: list[str | Path], config_text: str | None = None) -> str:
     run_dirs = [Path(d) for d in run_dirs]
     metrics, summaries = {}, {}
     for d in run_dirs:
@@ -145,7 +144,8 @@ def build_html(cfg: dict, run_dirs: list[str | Path]) -> str:
             parts.extend(_img(p, 200 if p.name.startswith("aug_samples") else 420) for p in images[:max_charts])
             parts.append("</div>")
 
-    parts.append("<h2>Configuration</h2><pre>" + html.escape(yaml.safe_dump(cfg, sort_keys=False)) + "</pre>")
+    if config_text is not None:
+        parts.append("<h2>Configuration</h2><pre>" + html.escape(config_text) + "</pre>")
     prov = _provenance()
     parts.append("<h2>Provenance</h2>" + _table(["", ""], [[html.escape(k), html.escape(v)] for k, v in prov.items()]))
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
@@ -156,9 +156,11 @@ def build_html(cfg: dict, run_dirs: list[str | Path]) -> str:
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
-def run(cfg: dict, run_dirs: list[str | Path], out_html: str | Path) -> Path:
-    """Stage `report`: write report.html aggregating ``run_dirs`` (one per run_id)."""
-    page = build_html(cfg, run_dirs)
+def run(cfg: dict, run_dirs: list[str | Path], out_html: str | Path, config_file=None) -> Path:
+    """Stage `report`: write report.html aggregating ``run_dirs`` (one per run_id);
+    ``config_file``: the experiment's full config (``config_files/config.yaml``), shown as is."""
+    config_text = Path(config_file).read_text() if config_file else None
+    page = build_html(cfg, run_dirs, config_text)
     out_html = Path(out_html)
     with atomic_path(out_html) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")

@@ -39,9 +39,9 @@ from bioflow.training import optim
 log = logging.getLogger(__name__)
 
 CONFIG_SECTIONS = ("experiment", "data", "model", "train")
+# Keys that say how long or where to train, not what: a change keeps the resume folder.
 RESUME_NEUTRAL_TRAIN_KEYS = ("epochs", "patience", "max_time_minutes", "num_workers",
                              "n_sample_images", "devices", "strategy")
-RESUME_NEUTRAL_EXPERIMENT_KEYS = ("run_ids", "result_dir")
 
 
 # --- seeding, hashing --------------------------------------------------------------------
@@ -60,12 +60,12 @@ def seed_run(run_id) -> int:
 
 
 def training_config(cfg: dict) -> dict:
-    """The config sections a trained model depends on, minus the resume-neutral keys."""
-    out = {k: copy.deepcopy(cfg.get(k)) for k in CONFIG_SECTIONS}
-    for k in RESUME_NEUTRAL_EXPERIMENT_KEYS:
-        (out["experiment"] or {}).pop(k, None)
+    """The train stage's config slice (what the trained model depends on: nothing about the
+    test set, inference or reports) minus the resume-neutral keys and the runtime keys."""
+    out = copy.deepcopy(cfg)
     for k in RESUME_NEUTRAL_TRAIN_KEYS:
-        (out["train"] or {}).pop(k, None)
+        out["train"].pop(k, None)
+    out.pop("inference", None)  # only inference.batch_size, for validation batches
     return out
 
 
@@ -303,8 +303,8 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
 
     tc = cfg["train"]
     ckpt_path, run_dir = Path(ckpt_path), Path(run_dir)
-    name = cfg["experiment"]["name"]
-    work = ckpt_path.parent / f"{name}_{run_id}"
+    # the working folder beside the declared checkpoint: <name>_<run_id>-best.ckpt -> <name>_<run_id>/
+    work = ckpt_path.parent / ckpt_path.name.removesuffix(".ckpt").removesuffix("-best")
     logs = run_dir / "train_logs"
     charts = run_dir / "charts"
     seed = seed_run(run_id)

@@ -1,15 +1,17 @@
-# Shared preparation stages: CSV/npz -> class folders, dataset validation (manifest),
-# normalization statistics, patch-dataset generation (patch_classification).
+# Preparation stages: CSV/npz -> class folders, dataset validation (train part and test part:
+# two manifests, so a test-set change never reruns training), normalization statistics,
+# patch-dataset generation.
 
-if config["data"]["csv"]:
+
+if "csv_to_folders" in STAGES:
 
     rule csv_to_folders:
         input:
             config["data"]["csv"],
         output:
-            directory(f"{PREPARED}/folders"),
+            folders=directory(L.folders),
         params:
-            cfg=stage_params("csv_to_folders"),
+            **stage_params("csv_to_folders"),
         conda:
             "../../environment.yml"
         log:
@@ -18,31 +20,47 @@ if config["data"]["csv"]:
             "../scripts/csv_to_folders.py"
 
 
-rule validate_dataset:
+rule validate_train:
     input:
         unpack(validate_inputs),
+        unpack(csv_inputs),
     output:
-        manifest=f"{PREPARED}/manifest.json",
-        config=f"{ROOT}/config_files/config.yaml",
+        manifest=L.manifest_train,
     params:
-        cfg=stage_params("validate_dataset"),
+        **stage_params("validate_train"),
     conda:
         "../../environment.yml"
     log:
-        f"{LOGS}/validate_dataset.log",
+        f"{LOGS}/validate_train.log",
     script:
-        "../scripts/validate_dataset.py"
+        "../scripts/validate_train.py"
+
+
+rule validate_test:
+    input:
+        unpack(validate_test_inputs),
+        unpack(csv_inputs),
+    output:
+        manifest=L.manifest_test,
+    params:
+        **stage_params("validate_test"),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{LOGS}/validate_test.log",
+    script:
+        "../scripts/validate_test.py"
 
 
 rule norm_stats:
     input:
-        manifest=f"{PREPARED}/manifest.json",
+        manifest=L.manifest_train,
     output:
-        json=f"{PREPARED}/normalization.json",
-        mean=f"{PREPARED}/norm_mean.npy",
-        std=f"{PREPARED}/norm_std.npy",
+        json=L.norm_json,
+        mean=f"{L.prepared}/norm_mean.npy",
+        std=f"{L.prepared}/norm_std.npy",
     params:
-        cfg=stage_params("norm_stats"),
+        **stage_params("norm_stats"),
     conda:
         "../../environment.yml"
     log:
@@ -51,17 +69,30 @@ rule norm_stats:
         "../scripts/norm_stats.py"
 
 
-rule patch_dataset:
-    input:
-        manifest=f"{PREPARED}/manifest.json",
+rule save_config:
     output:
-        info=f"{PREPARED}/patches/info.json",
+        config=L.config_copy,
     params:
-        cfg=stage_params("patch_dataset"),
-        out_dir=lambda wildcards, output: os.path.dirname(output.info),
-    conda:
-        "../../environment.yml"
+        **stage_params("save_config"),
     log:
-        f"{LOGS}/patch_dataset.log",
+        f"{LOGS}/save_config.log",
     script:
-        "../scripts/patch_dataset.py"
+        "../scripts/save_config.py"
+
+
+if "patch_dataset" in STAGES:
+
+    rule patch_dataset:
+        input:
+            manifest=L.manifest_train,
+            **({"test_manifest": L.manifest_test} if "validate_test" in STAGES else {}),
+        output:
+            info=f"{L.patches}/info.json",
+        params:
+            **stage_params("patch_dataset", out_dir=L.patches),
+        conda:
+            "../../environment.yml"
+        log:
+            f"{LOGS}/patch_dataset.log",
+        script:
+            "../scripts/patch_dataset.py"

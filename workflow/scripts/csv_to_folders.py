@@ -1,5 +1,6 @@
-"""Snakemake script: CSV / MedMNIST .npz -> class folders (train/val/test/<class>/)."""
-from bioflow.cli import script_main
-from bioflow.prepare import csv_to_folders
+"""Snakemake script: CSV / MedMNIST .npz -> class folders (train/val/test/<class>/).
 
-script_main(snakemake, lambda cfg: csv_to_folders.run(cfg, snakemake.output[0]))
+The stage runs on its config slice alone (see bioflow.workflows.run_stage)."""
+from bioflow.workflows import run_stage
+
+run_stage(snakemake, "csv_to_folders")

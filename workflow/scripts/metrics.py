@@ -1,11 +1,6 @@
-"""Snakemake script: metrics.json (+ CSV / PNG) for one run_id."""
-from bioflow.cli import script_main
-from bioflow.workflows import stage_function
+"""Snakemake script: metrics.json (+ tables / figures) for one run_id.
 
+The stage runs on its config slice alone (see bioflow.workflows.run_stage)."""
+from bioflow.workflows import run_stage
 
-def stage(cfg):
-    evaluate = stage_function("metrics", cfg["experiment"]["workflow"])
-    evaluate(cfg, int(snakemake.wildcards.run_id), snakemake.input.manifest, snakemake.params.run_dir)
-
-
-script_main(snakemake, stage)
+run_stage(snakemake, "metrics")

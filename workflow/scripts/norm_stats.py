@@ -1,6 +1,6 @@
-"""Snakemake script: per-channel normalization statistics over the training split."""
-from bioflow.cli import script_main
-from bioflow.data import normalization
+"""Snakemake script: per-channel normalization statistics over the training split.
 
-script_main(snakemake, lambda cfg: normalization.run(
-    cfg, snakemake.input.manifest, snakemake.output.json, snakemake.output.mean, snakemake.output.std))
+The stage runs on its config slice alone (see bioflow.workflows.run_stage)."""
+from bioflow.workflows import run_stage
+
+run_stage(snakemake, "norm_stats")

@@ -1,5 +1,6 @@
-"""Snakemake script: cut images + defect masks into a labelled patch dataset (HDF5)."""
-from bioflow.cli import script_main
-from bioflow.prepare import patches
+"""Snakemake script: cut images + defect masks into a labelled patch dataset.
 
-script_main(snakemake, lambda cfg: patches.run(cfg, snakemake.input.manifest, snakemake.params.out_dir))
+The stage runs on its config slice alone (see bioflow.workflows.run_stage)."""
+from bioflow.workflows import run_stage
+
+run_stage(snakemake, "patch_dataset")

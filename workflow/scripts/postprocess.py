@@ -1,5 +1,6 @@
-"""Snakemake script: z / yz median filtering of the per-image predictions."""
-from bioflow import postprocess
-from bioflow.cli import script_main
+"""Snakemake script: z / yz median filtering of the per-image predictions.
 
-script_main(snakemake, lambda cfg: postprocess.run(cfg, snakemake.input.per_image, snakemake.output[0]))
+The stage runs on its config slice alone (see bioflow.workflows.run_stage)."""
+from bioflow.workflows import run_stage
+
+run_stage(snakemake, "postprocess")

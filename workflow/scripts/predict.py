@@ -1,12 +1,6 @@
-"""Snakemake script: inference for one run_id (tiled for segmentation)."""
-from bioflow.cli import script_main
-from bioflow.workflows import stage_function
+"""Snakemake script: inference for one run_id (tiled for segmentation).
 
+The stage runs on its config slice alone (see bioflow.workflows.run_stage)."""
+from bioflow.workflows import run_stage
 
-def stage(cfg):
-    predict = stage_function("predict", cfg["experiment"]["workflow"])
-    predict(cfg, int(snakemake.wildcards.run_id), snakemake.input.ckpt, snakemake.input.manifest,
-            snakemake.input.norm, snakemake.params.run_dir)
-
-
-script_main(snakemake, stage)
+run_stage(snakemake, "predict")

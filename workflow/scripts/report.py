@@ -1,5 +1,6 @@
-"""Snakemake script: report.html over all run_ids (mean ± sd, charts, config, provenance)."""
-from bioflow import report
-from bioflow.cli import script_main
+"""Snakemake script: report.html over all run_ids.
 
-script_main(snakemake, lambda cfg: report.run(cfg, snakemake.params.run_dirs, snakemake.output[0]))
+The stage runs on its config slice alone (see bioflow.workflows.run_stage)."""
+from bioflow.workflows import run_stage
+
+run_stage(snakemake, "report")

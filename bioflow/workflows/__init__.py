@@ -1,0 +1,83 @@
+"""The workflow registry: ``experiment.workflow`` -> the module implementing it.
+
+Adding a workflow is one new module with a :class:`~bioflow.workflows.base.Workflow` subclass
+plus one line in ``_BUILTIN`` (see ARCHITECTURE.md). Only this package compares workflow names;
+everything else asks the workflow object.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from bioflow import config as bfconfig
+from bioflow.errors import BioflowError
+from bioflow.stage import Job
+from bioflow.workflows.base import Workflow, stage
+from bioflow.workflows.classification import Classification
+from bioflow.workflows.patch_classification import PatchClassification
+from bioflow.workflows.segmentation import SemanticSegmentation
+
+__all__ = ["Workflow", "stage", "register", "get", "names", "validate_config", "run_stage"]
+
+log = logging.getLogger("bioflow")
+
+_REGISTRY: dict[str, Workflow] = {}
+
+
+def register(cls: type[Workflow]) -> type[Workflow]:
+    """Register a workflow class under its ``name`` (usable as a decorator)."""
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+for _cls in (Classification, SemanticSegmentation, PatchClassification):
+    register(_cls)
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Workflow:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise BioflowError(f"experiment.workflow: unknown workflow '{name}'; use one of "
+                           f"{', '.join(names())}") from None
+
+
+def validate_config(cfg: dict, source="config") -> Workflow:
+    """Schema validation (defaults filled in place) plus the workflow's own checks; returns
+    the workflow. What the Snakefile and `bioflow check` call."""
+    bfconfig.validate(cfg, source=source)
+    wf = get(cfg["experiment"]["workflow"])
+    problems = wf.check_config(cfg)
+    if problems:
+        raise BioflowError(f"{source}: invalid config", problems)
+    return wf
+
+
+def run_stage(snakemake, stage_name: str) -> None:
+    """Body of every `workflow/scripts/<stage>.py`: logging into the rule's log, threads from
+    the job, the stage run on its config slice alone, a user error printed as one line."""
+    from bioflow.cli import setup_logging
+    setup_logging(snakemake.log[0] if snakemake.log else None)
+    threads = max(1, int(getattr(snakemake, "threads", 1) or 1))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    try:
+        if "torch" in sys.modules or stage_name in ("train", "predict"):
+            import torch  # intra-op threads = the cores Snakemake gave the job (also under SLURM)
+            torch.set_num_threads(threads)
+        params = dict(snakemake.params.items())
+        wf = get(params.pop("workflow"))
+        tracked, runtime = params.pop("cfg"), params.pop("runtime", None)
+        run_id = getattr(snakemake.wildcards, "run_id", None)
+        job = Job(input=dict(snakemake.input.items()), output=dict(snakemake.output.items()),
+                  params=params, run_id=None if run_id is None else int(run_id), threads=threads)
+        wf.run(stage_name, tracked, runtime.value if runtime is not None else {}, job)
+    except BioflowError as exc:
+        log.error("%s", exc)
+        sys.stderr.write(f"bioflow: error: {exc}\n")
+        sys.exit(1)

@@ -1,0 +1,213 @@
+"""The workflow interface: what a workflow module implements and the Snakefile asks.
+
+A workflow is one module with one :class:`Workflow` subclass, registered by name in
+:mod:`bioflow.workflows`. It says
+
+* which stages it runs (``stages``) and, per stage, the config keys that stage reads
+  (:func:`stage`, next to the function);
+* how its dataset layout is scanned and validated (``scan``);
+* its train / predict / evaluate functions (the stage methods);
+* the DAG targets it produces (``targets``) and the per-image output folders of predict;
+* its config checks beyond the schema (``check_config``) and its report sections.
+
+The Snakemake rules are shared by all workflows: each rule asks the registered workflow for
+its params (the stage's config slice), and a script calls :func:`bioflow.workflows.run_stage`,
+which hands the stage a :class:`~bioflow.stage.StageConfig` of that slice alone.
+
+Imports here stay light (no torch): the Snakefile imports this module for `snakemake -n`.
+Stage bodies import their torch-heavy implementations inside the function for that reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, ClassVar
+
+from bioflow.data import normalization, validate
+from bioflow.errors import BioflowError
+from bioflow.io import atomic_path, write_json
+from bioflow.layout import Layout
+from bioflow.stage import Job, StageConfig, Untracked, merge, slice_config
+
+log = logging.getLogger(__name__)
+
+# The stages every workflow has, in DAG order; a workflow adds its own (csv_to_folders,
+# patch_dataset, postprocess) by defining a method decorated with @stage.
+COMMON_STAGES = ("validate_train", "validate_test", "norm_stats", "train", "predict", "metrics", "report")
+
+
+def stage(*keys: str, runtime: tuple[str, ...] = ()) -> Callable:
+    """Mark a :class:`Workflow` method as the stage of the same name.
+
+    ``keys``: dotted config keys the stage's output depends on (a section name takes the
+    whole section); a change reruns the stage. ``runtime``: keys it reads that change how it
+    runs but not what it writes (a change does not rerun it).
+    """
+    def mark(fn):
+        fn.stage_keys = tuple(keys)
+        fn.stage_runtime = tuple(runtime)
+        return fn
+    return mark
+
+
+class Workflow:
+    """Base class: the stages all workflows share, with their key lists."""
+
+    name: ClassVar[str]
+    # images come with masks (segmentation-like layouts)
+    has_masks: ClassVar[bool] = False
+    # keys a workflow's version of a shared stage reads besides the shared ones
+    extra_keys: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    # --- the interface the Snakefile uses ----------------------------------------------
+
+    def stages(self, cfg: dict) -> list[str]:
+        """The stages (= rule names) this experiment runs, in DAG order."""
+        return [s for s in self.all_stages() if self.runs(s, cfg)]
+
+    def all_stages(self) -> list[str]:
+        names = [n for n in dir(type(self)) if hasattr(getattr(type(self), n), "stage_keys")]
+        order = {s: i for i, s in enumerate(("csv_to_folders",) + COMMON_STAGES[:3] + ("patch_dataset",)
+                                            + COMMON_STAGES[3:5] + ("postprocess",) + COMMON_STAGES[5:])}
+        return sorted(names, key=lambda n: order.get(n, len(order)))
+
+    def runs(self, stage_name: str, cfg: dict) -> bool:
+        """Whether the experiment needs ``stage_name`` (override for optional stages)."""
+        if stage_name in ("validate_test", "predict", "metrics", "report"):
+            return self.has_test(cfg)
+        return True
+
+    def has_test(self, cfg: dict) -> bool:
+        return bool(cfg["data"]["test"])
+
+    def keys(self, stage_name: str) -> tuple[str, ...]:
+        return self._method(stage_name).stage_keys + self.extra_keys.get(stage_name, ())
+
+    def runtime_keys(self, stage_name: str) -> tuple[str, ...]:
+        return self._method(stage_name).stage_runtime
+
+    def params(self, stage_name: str, cfg: dict) -> dict:
+        """The stage's tracked config slice, for the rule's ``params: cfg=``."""
+        return slice_config(cfg, self.keys(stage_name))
+
+    def runtime(self, stage_name: str, cfg: dict) -> Untracked:
+        """The stage's runtime keys, for ``params: runtime=`` (not part of the rerun check)."""
+        return Untracked(slice_config(cfg, self.runtime_keys(stage_name)))
+
+    def run(self, stage_name: str, tracked: dict, runtime: dict, job: Job):
+        """Run a stage on its slice alone (what every script does)."""
+        cfg = StageConfig(merge(tracked, runtime), stage_name)
+        return self._method(stage_name)(self, cfg, job)
+
+    def targets(self, cfg: dict, layout: Layout) -> list[str]:
+        """Final files of the experiment (``rule all``)."""
+        if not self.has_test(cfg):
+            return [layout.best_ckpt(r) for r in cfg["experiment"]["run_ids"]] + [layout.config_copy]
+        return [layout.report, layout.config_copy]
+
+    def outputs(self, stage_name: str, cfg: dict) -> dict[str, str]:
+        """Files a per-run stage writes besides its main output, relative to the run folder,
+        declared as rule outputs so Snakemake's incomplete-output handling covers them.
+        Names ending in ``_dir`` are folders."""
+        return {}
+
+    def check_config(self, cfg: dict) -> list[str]:
+        """Cross-key problems the schema cannot express (one string per problem)."""
+        return []
+
+    def report_sections(self, run_dirs: list[Path]) -> list[str]:
+        """Extra HTML sections of report.html."""
+        return []
+
+    def _method(self, stage_name: str):
+        fn = getattr(type(self), stage_name, None)
+        if fn is None or not hasattr(fn, "stage_keys"):
+            raise BioflowError(f"experiment.workflow: '{self.name}' has no stage '{stage_name}'")
+        return fn
+
+    # --- dataset scanning (per workflow) -----------------------------------------------
+
+    def scan(self, ck: validate.Checker, cfg: StageConfig, roots: dict[str, Path],
+             classes: list[str] | None) -> tuple[list[str], dict[str, list[dict]], dict]:
+        """(classes, entries per split, extra manifest fields) for the splits in ``roots``.
+        ``classes``: the training classes when scanning the test split, else None."""
+        raise NotImplementedError
+
+    def classes(self, cfg: StageConfig, train_root: Path | None) -> list[str]:
+        """The training classes, cheaply (no image decoding): what the test part is checked
+        against without waiting for the training part's manifest."""
+        return [str(i) for i in range(int(cfg["model"]["n_classes"]))]
+
+    def _validate(self, cfg: StageConfig, job: Job, part: str) -> dict:
+        ck = validate.Checker(cfg, masks=self.has_masks, part=part)
+        roots = validate.resolve_roots(ck, cfg, validate.PARTS[part], job.input.get("folders"))
+        classes = None
+        if part == "test":
+            train_root = validate.resolve_roots(validate.Checker(cfg, self.has_masks), cfg, ("train",),
+                                                job.input.get("folders")).get("train")
+            classes = self.classes(cfg, train_root)
+        classes, splits, extra = self.scan(ck, cfg, roots, classes)
+        manifest = validate.assemble(ck, cfg, part, roots, classes, splits, extra,
+                                     workflow=self.name, masks=self.has_masks,
+                                     stratify=self.stratify(cfg))
+        write_json(job.output["manifest"], manifest)
+        for split in validate.PARTS[part]:
+            log.info("validate_%s %s: %s", part, split, manifest["counts"].get(split))
+        return manifest
+
+    def validate_dataset(self, cfg: dict, prepared: str | Path) -> tuple[dict, dict | None]:
+        """Both validation stages from Python (no Snakemake): ``prepared/manifest_train.json``
+        and, with a test set, ``manifest_test.json``; every problem of both parts in ONE error."""
+        prepared = Path(prepared)
+        out, problems = [], []
+        for part in ("train", "test") if self.has_test(cfg) else ("train",):
+            job = Job(output={"manifest": str(prepared / f"manifest_{part}.json")})
+            try:
+                out.append(self.call(f"validate_{part}", cfg, job))
+            except BioflowError as exc:
+                problems.extend(exc.problems or [str(exc)])
+        if problems:
+            raise BioflowError(f"validate_dataset: {len(problems)} problem(s) in the data", problems)
+        return out[0], (out[1] if len(out) > 1 else None)
+
+    def call(self, stage_name: str, cfg: dict, job: Job):
+        """Run a stage from Python on the slice of a full validated ``cfg``."""
+        return self.run(stage_name, self.params(stage_name, cfg),
+                        slice_config(cfg, self.runtime_keys(stage_name)), job)
+
+    def stratify(self, cfg) -> bool:
+        """Whether the validation split is stratified by class."""
+        return False
+
+    # --- the shared stages ---------------------------------------------------------------
+
+    @stage("experiment.ndim", "experiment.split_seed", "data.train", "data.val", "data.val_split",
+           "data.csv", "data.channels", "data.channel_axis", "model.n_classes")
+    def validate_train(self, cfg: StageConfig, job: Job) -> dict:
+        """Check every train / val file and write ``prepared/manifest_train.json``."""
+        return self._validate(cfg, job, "train")
+
+    @stage("experiment.ndim", "data.train", "data.test", "data.test_has_labels", "data.csv", "data.channels",
+           "data.channel_axis", "model.n_classes")
+    def validate_test(self, cfg: StageConfig, job: Job) -> dict:
+        """Check every test file against the training classes; ``prepared/manifest_test.json``."""
+        return self._validate(cfg, job, "test")
+
+    @stage("data.normalization")
+    def norm_stats(self, cfg: StageConfig, job: Job) -> dict:
+        return normalization.run(cfg, job.input["manifest"], job.output["json"], job.output["mean"],
+                                 job.output["std"])
+
+    @stage("experiment.name", "experiment.workflow", "experiment.ndim", "experiment.run_ids", "report")
+    def report(self, cfg: StageConfig, job: Job):
+        from bioflow import report  # matplotlib: kept out of `snakemake -n`
+        return report.run(cfg, job.params["run_dirs"], job.output["html"], job.input["config"])
+
+    @stage("experiment", "data", "model", "train", "inference", "postprocess", "patches", "metrics",
+           "report")
+    def save_config(self, cfg: StageConfig, job: Job) -> None:
+        """The validated config (defaults filled in) next to the results, as BiaPy keeps it."""
+        import yaml
+        with atomic_path(job.output["config"]) as tmp:
+            tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

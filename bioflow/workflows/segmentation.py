@@ -1,0 +1,103 @@
+"""Semantic segmentation: image + integer-mask pairs, 2D (smp U-Net family) and 3D (3D U-Net),
+foreground-biased patch sampling, tiled inference, z / yz median post-processing, IoU per
+patch, per image and per full image.
+
+Layout: ``<split>/x/<image>`` and ``<split>/y/<mask>`` with the same file names (extensions
+may differ); ``test/y`` optional when ``data.test_has_labels`` is false. Masks hold class ids
+``0..n_classes-1``, or instance labels turned into classes by ``data.mask_transform``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from bioflow.data import validate
+from bioflow.data.masks import TRANSFORM_CLASSES
+from bioflow.stage import Job, StageConfig
+from bioflow.workflows.base import Workflow, stage
+
+MODEL_KEYS = ("experiment.workflow", "experiment.ndim", "data.channels", "data.patch_size", "model")
+TRAIN_KEYS = MODEL_KEYS + ("experiment.split_seed", "data.val_split", "data.normalization", "data.sampling",
+                           "data.mask_transform", "train")
+RUNTIME_TRAIN_KEYS = ("train.num_workers", "train.n_sample_images", "inference.batch_size")
+# per-image outputs of predict (BiaPy's folders), declared so Snakemake tracks them
+PER_IMAGE_DIRS = ("per_image", "per_image_binarized")
+FULL_IMAGE_DIRS = ("full_image", "full_image_binarized")
+
+
+class SemanticSegmentation(Workflow):
+    name = "semantic_segmentation"
+    has_masks = True
+    extra_keys: ClassVar[dict] = {
+        "validate_train": ("data.mask_transform",),
+        "validate_test": ("data.mask_transform",),
+    }
+
+    def runs(self, stage_name: str, cfg: dict) -> bool:
+        if stage_name == "postprocess":
+            p = cfg["postprocess"]
+            return self.has_test(cfg) and (p["z_filter"] > 0 or p["yz_filter"] > 0)
+        return super().runs(stage_name, cfg)
+
+    def outputs(self, stage_name: str, cfg: dict) -> dict[str, str]:
+        labels = cfg["data"]["test_has_labels"]
+        if stage_name == "predict":
+            dirs = PER_IMAGE_DIRS + (FULL_IMAGE_DIRS if cfg["inference"]["full_image"] else ())
+            out = {f"{d}_dir": d for d in dirs}
+            return {**out, "patch_metrics": "patch_metrics.json"} if labels else out
+        if stage_name == "metrics" and labels:
+            return {"per_image_csv": "metrics_per_image.csv"}
+        return {}
+
+    def check_config(self, cfg: dict) -> list[str]:
+        problems = []
+        pad = cfg["inference"]["padding"]
+        if 2 * pad >= min(cfg["data"]["patch_size"]):
+            # caught here, not at inference time after training: tiles keep no core otherwise
+            problems.append(f"inference.padding: {pad} leaves no tile core for data.patch_size "
+                            f"{cfg['data']['patch_size']}; use a padding below half the smallest patch side")
+        if cfg["model"]["n_classes"] < 2:
+            problems.append("model.n_classes: segmentation needs at least 2 (background + foreground)")
+        if cfg["model"]["multilabel"]:
+            problems.append("model.multilabel: only the classification workflow is multi-label")
+        for key in ("csv", "metadata_csv"):
+            if cfg["data"][key]:
+                problems.append(f"data.{key}: CSV input is for the classification workflow; give "
+                                f"data.train as a folder with x/ and y/")
+        return problems
+
+    # --- layout ----------------------------------------------------------------------------
+
+    def scan(self, ck, cfg, roots, classes):
+        need = TRANSFORM_CLASSES.get(ck.mask_transform)
+        if need is not None and ck.n_classes != need:
+            ck.problem(f"model.n_classes: {ck.n_classes} but data.mask_transform {ck.mask_transform} "
+                       f"makes {need} classes; set model.n_classes: {need}")
+        splits = {split: validate.scan_pairs(ck, split, root) for split, root in roots.items()}
+        return [str(i) for i in range(ck.n_classes)], splits, {}
+
+    # --- stages ----------------------------------------------------------------------------
+
+    @stage(*TRAIN_KEYS, runtime=RUNTIME_TRAIN_KEYS)
+    def train(self, cfg: StageConfig, job: Job) -> dict:
+        from bioflow.training import segmentation  # torch: kept out of `snakemake -n`
+        return segmentation.train(cfg, job.run_id, job.input["manifest"], job.input["norm"],
+                                  job.output["ckpt"], job.params["run_dir"])
+
+    @stage("experiment.ndim", "data.patch_size", "data.test_has_labels", "train.ignore_index", "inference",
+           runtime=("train.num_workers",))
+    def predict(self, cfg: StageConfig, job: Job) -> Path:
+        from bioflow.inference import segmentation  # torch: kept out of `snakemake -n`
+        return segmentation.predict(cfg, job.run_id, job.input["ckpt"], job.input["manifest"],
+                                    job.input["norm"], job.params["run_dir"])
+
+    @stage("experiment.ndim", "postprocess")
+    def postprocess(self, cfg: StageConfig, job: Job):
+        from bioflow import postprocess  # scipy / tifffile: kept out of `snakemake -n`
+        return postprocess.run(cfg, job.input["per_image"], job.output["dir"])
+
+    @stage("experiment.ndim", "model.n_classes", "data.test_has_labels", "train.ignore_index", "metrics")
+    def metrics(self, cfg: StageConfig, job: Job) -> dict:
+        from bioflow.metrics import segmentation  # matplotlib: kept out of `snakemake -n`
+        return segmentation.evaluate(cfg, job.run_id, job.input["manifest"], job.params["run_dir"])
