@@ -12,29 +12,28 @@ import tifffile
 import torch
 
 from bioflow.config import output_root, run_dir
-from bioflow.data import normalization, validate
+from bioflow.data import normalization
 from bioflow.data.classification import fit_to_size
-from bioflow.workflows import stage_function
+from helpers_stages import call, job, prepare
 
 FAST_TRAIN = {"epochs": 1, "batch_size": 8, "n_sample_images": 1, "class_weights": "auto",
               "augmentation": {"affine": True, "brightness_contrast": True, "gaussian_noise": True}}
 
 
 def _prepare(cfg):
-    prep = output_root(cfg) / "prepared"
-    validate.run(cfg, prep / "manifest.json")
-    normalization.run(cfg, prep / "manifest.json", prep / "normalization.json", prep / "m.npy", prep / "s.npy")
-    return prep / "manifest.json", prep / "normalization.json"
+    prepare(cfg)
+    t = job(cfg, "train", 1)
+    return Path(t.input["manifest"]), Path(t.input["norm"])
 
 
 def _run_all(cfg, run_id=1):
-    man, norm = _prepare(cfg)
-    name = cfg["experiment"]["name"]
-    ckpt = output_root(cfg) / "checkpoints" / f"{name}_{run_id}-best.ckpt"
+    """Every stage on its own config slice, as the rules run them."""
+    prepare(cfg)
+    summary = call(cfg, "train", run_id)
+    call(cfg, "predict", run_id)
+    metrics = call(cfg, "metrics", run_id)
     rd = run_dir(cfg, run_id)
-    summary = stage_function("train", "classification")(cfg, run_id, man, norm, ckpt, rd)
-    stage_function("predict", "classification")(cfg, run_id, ckpt, man, norm, rd)
-    metrics = stage_function("metrics", "classification")(cfg, run_id, man, rd)
+    ckpt = Path(job(cfg, "train", run_id).output["ckpt"])
     return summary, pd.read_csv(rd / "predictions.csv", keep_default_na=False), metrics, rd, ckpt
 
 

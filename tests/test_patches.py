@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from bioflow.data.validate import run as validate
+from helpers_stages import validate_run as validate
 from bioflow.io import read_image, write_image
 from bioflow.prepare import patches
 
@@ -57,6 +57,12 @@ def _tile_set(root, rng):
     return layout
 
 
+def _test_part(prepared):
+    """The test part's manifest when the config has a test set."""
+    path = prepared / "manifest_test.json"
+    return path if path.is_file() else None
+
+
 def test_patch_dataset_2d_labels_files_and_rerun(make_cfg, tmp_path):
     rng = np.random.default_rng(0)
     _tile_set(tmp_path / "data", rng)
@@ -66,7 +72,7 @@ def test_patch_dataset_2d_labels_files_and_rerun(make_cfg, tmp_path):
     assert manifest["classes"] == ["MT_Crack", "MT_Free", "MT_Hole"]
     assert all(e["mask"] for s in ("train", "val") for e in manifest["splits"][s])
     out = tmp_path / "patches"
-    info = patches.run(cfg, tmp_path / "manifest.json", out)
+    info = patches.run(cfg, tmp_path / "manifest" / "manifest_train.json", out)
     n_img = {s: len(manifest["splits"][s]) for s in ("train", "val")}
     assert info["n_patches"] == {s: 6 * n for s, n in n_img.items()}  # 2 x 3 patches per image
     assert info["free_class"] == "MT_Free" and info["classes"] == ["MT_Crack", "MT_Free", "MT_Hole"]
@@ -93,7 +99,7 @@ def test_patch_dataset_2d_labels_files_and_rerun(make_cfg, tmp_path):
         assert [info["classes"][i] for i in g["labels"][:6]] == [r[3] for r in rows[:6]]
     assert json.loads((out / "info.json").read_text()) == info
     before = (out / "dataset.txt").read_bytes()
-    patches.run(cfg, tmp_path / "manifest.json", out)
+    patches.run(cfg, tmp_path / "manifest" / "manifest_train.json", out)
     assert (out / "dataset.txt").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -111,7 +117,7 @@ def test_patch_dataset_3d_with_x_y_folders_and_added_free_class(make_cfg, tmp_pa
                    data={"train": str(tmp_path / "d"), "val_split": 0.25, "patch_size": [4, 10, 10]},
                    model={"n_classes": 3}, patches={"size": [4, 10, 10], "stride": [4, 10, 10]})
     validate(cfg, tmp_path / "m.json")
-    info = patches.run(cfg, tmp_path / "m.json", tmp_path / "p")
+    info = patches.run(cfg, tmp_path / "m" / "manifest_train.json", tmp_path / "p", _test_part(tmp_path / "m"))
     assert info["classes"] == ["free", "spot", "streak"]
     total = {k: info["counts"]["train"].get(k, 0) + info["counts"]["val"].get(k, 0) for k in info["classes"]}
     assert total == {"free": 4 * 7, "spot": 2, "streak": 2}  # 8 patches per volume, 1 defect each
@@ -135,7 +141,7 @@ def test_patch_dataset_on_magnetic_tiles_sample(make_cfg, shared_data, tmp_path)
     cfg = make_cfg("patch_classification", data={"train": str(tmp_path / "mt"), "val_split": 0.25},
                    model={"n_classes": 3}, patches={"size": [64, 64], "min_defect_fraction": 0.01})
     validate(cfg, tmp_path / "m.json")
-    info = patches.run(cfg, tmp_path / "m.json", tmp_path / "p")
+    info = patches.run(cfg, tmp_path / "m" / "manifest_train.json", tmp_path / "p", _test_part(tmp_path / "m"))
     train = info["counts"]["train"]
     assert train["MT_Free"] > 0 and train.get("MT_Crack", 0) + train.get("MT_Blowhole", 0) > 0
     assert sum(train.values()) == info["n_patches"]["train"]
@@ -165,7 +171,7 @@ def test_patch_dataset_from_x_y_class_id_masks(make_cfg, tmp_path):
                    model={"n_classes": 3}, patches={"size": [20, 20]})
     m = validate(cfg, tmp_path / "m.json")
     assert m["patch_layout"] == "masks" and m["classes"] == ["0", "1", "2"]
-    info = patches.run(cfg, tmp_path / "m.json", tmp_path / "p")
+    info = patches.run(cfg, tmp_path / "m" / "manifest_train.json", tmp_path / "p", _test_part(tmp_path / "m"))
     total = Counter()
     for c in info["counts"].values():
         total.update(c)

@@ -7,22 +7,15 @@ import pandas as pd
 import pytest
 import tifffile
 
-from bioflow import postprocess
 from bioflow.config import output_root, run_dir
-from bioflow.data import normalization, validate
 from bioflow.errors import BioflowError
-from bioflow.inference.segmentation import FOLDERS, predict
-from bioflow.metrics.segmentation import evaluate
-from bioflow.training.segmentation import train
-from bioflow.workflows import stage_function
+from bioflow.inference.segmentation import FOLDERS
+from helpers_stages import call, prepare
 
 
 def _prepare(cfg):
-    root = output_root(cfg)
-    man, norm = root / "prepared/manifest.json", root / "prepared/normalization.json"
-    validate.run(cfg, man)
-    normalization.run(cfg, man, norm, root / "prepared/m.npy", root / "prepared/s.npy")
-    return root, man, norm
+    prepare(cfg)
+    return output_root(cfg)
 
 
 @pytest.mark.slow
@@ -41,15 +34,15 @@ def test_train_predict_postprocess_metrics(make_cfg, dsb_folders, nuclei3d_folde
                           "n_sample_images": 1},
                    inference={"padding": 4, "overlap": 0.25, "tta": ndim == 2, "batch_size": 4},
                    postprocess={"z_filter": 3, "yz_filter": 0})
-    root, man, norm = _prepare(cfg)
+    root = _prepare(cfg)
     rd = run_dir(cfg, 1)
     ckpt = root / "checkpoints" / "test_1-best.ckpt"
-    summary = stage_function("train", "semantic_segmentation")(cfg, 1, man, norm, ckpt, rd)
+    summary = call(cfg, "train", 1)
     assert ckpt.is_file() and summary["monitor"] == "val_iou" and summary["best_score"] is not None
     assert list((rd / "charts").glob("patch_sample_*.png"))
     assert list((rd / "probability_maps").glob("*.tif"))
 
-    csv = stage_function("predict", "semantic_segmentation")(cfg, 1, ckpt, man, norm, rd)
+    csv = call(cfg, "predict", 1)
     table = pd.read_csv(csv)
     test_names = sorted(p.name for p in (data / "test" / "x").iterdir())
     assert sorted(table["file"]) == test_names
@@ -60,8 +53,8 @@ def test_train_predict_postprocess_metrics(make_cfg, dsb_folders, nuclei3d_folde
             assert out.shape == gt.shape and out.dtype == np.uint8 and out.max() <= 1
     assert (rd / "patch_metrics.json").is_file()
 
-    postprocess.run(cfg, rd / "per_image", rd / "full_post_processing")
-    m = stage_function("metrics", "semantic_segmentation")(cfg, 1, man, rd)
+    call(cfg, "postprocess", 1)
+    m = call(cfg, "metrics", 1)
     saved = json.loads((rd / "metrics.json").read_text())
     assert saved["labels_available"] is True
     for metric in ("iou", "dice"):
@@ -83,17 +76,16 @@ def test_unlabelled_test_set(make_cfg, dsb_folders):
                    model={"architecture": "unet_nd", "features": [4, 8]},
                    train={"epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "n_sample_images": 0},
                    inference={"full_image": False, "argmax": False})
-    root, man, norm = _prepare(cfg)
+    _prepare(cfg)
     rd = run_dir(cfg, 1)
-    ckpt = root / "checkpoints" / "test_1-best.ckpt"
-    train(cfg, 1, man, norm, ckpt, rd)
-    predict(cfg, 1, ckpt, man, norm, rd)
+    call(cfg, "train", 1)
+    call(cfg, "predict", 1)
     assert not (rd / "patch_metrics.json").exists()
     table = pd.read_csv(rd / "predictions.csv")
     assert set(table["full_image_mode"]) == {"off"} and not (rd / "full_image").exists()
     probs = tifffile.imread(rd / "per_image" / table["file"][0])
     assert probs.dtype == np.float32 and probs.shape[-1] == 2 and np.allclose(probs.sum(-1), 1, atol=1e-4)
-    assert evaluate(cfg, 1, man, rd) == {"run_id": 1, "n_classes": 2, "n_test_images": len(table),
+    assert call(cfg, "metrics", 1) == {"run_id": 1, "n_classes": 2, "n_test_images": len(table),
                                          "labels_available": False}
 
 
@@ -102,9 +94,9 @@ def test_patch_size_must_fit_the_model(make_cfg, dsb_folders):
                    data={"train": str(dsb_folders / "train"), "test": str(dsb_folders / "test"),
                          "mask_transform": "foreground", "patch_size": [48, 48]},
                    model={"architecture": "unet"}, train={"epochs": 1})
-    root, man, norm = _prepare(cfg)
+    _prepare(cfg)
     with pytest.raises(BioflowError, match="data.patch_size"):
-        train(cfg, 1, man, norm, root / "c.ckpt", run_dir(cfg, 1))
+        call(cfg, "train", 1)
 
 
 def test_precision_auto_resolution():

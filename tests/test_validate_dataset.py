@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from bioflow.data.validate import run
+from helpers_stages import validate_run as run
 from bioflow.errors import BioflowError
 from bioflow.io import read_image, write_image
 
@@ -290,7 +290,12 @@ def test_inputs_unchanged(pneumonia_folders, dsb_folders, make_cfg, tmp_path):
 def test_classification_manifest_and_seeded_stratified_split(pneumonia_folders, make_cfg, tmp_path):
     cfg = _cls_cfg(make_cfg, pneumonia_folders, data={"val_split": 0.25})
     m = run(cfg, tmp_path / "m.json")
-    assert json.loads((tmp_path / "m.json").read_text()) == m
+    # two manifests: what training reads (train + val) and what prediction reads (test)
+    train = json.loads((tmp_path / "m" / "manifest_train.json").read_text())
+    test = json.loads((tmp_path / "m" / "manifest_test.json").read_text())
+    assert set(train["splits"]) == {"train", "val"} and set(test["splits"]) == {"test"}
+    assert train["splits"]["val"] == m["splits"]["val"] and test["splits"]["test"] == m["splits"]["test"]
+    assert test["classes"] == train["classes"]
     assert m["workflow"] == "classification" and m["ndim"] == 2 and m["channels"] == 1
     assert m["classes"] == ["normal", "pneumonia"] and m["val_source"] == "split"
     tr, va, te = (m["splits"][s] for s in ("train", "val", "test"))
@@ -432,7 +437,7 @@ def test_apply_mask_transform_2d_and_3d():
 def test_manifest_readers(dsb_folders, make_cfg, tmp_path):
     from bioflow.data.manifest import load_manifest, read_entry_image, read_entry_mask
     run(_seg_cfg(make_cfg, dsb_folders), tmp_path / "m.json")
-    m = load_manifest(tmp_path / "m.json")
+    m = load_manifest(tmp_path / "m" / "manifest_train.json")
     e = m["splits"]["train"][0]
     img, mask = read_entry_image(m, e), read_entry_mask(m, e)
     assert img.shape == tuple(e["shape"]) and mask.shape == img.shape[:-1]

@@ -345,10 +345,10 @@ def scan_class_pairs(ck: Checker, split, per_class, classes, labelled) -> list[d
             pairs = side_by_side(ck, files, need_masks=labelled)
         items.extend((i, m, cls) for i, m in pairs)
     entries = ck.run_parallel(ck.check_pair, [(i, m) for i, m, _ in items])
-    return labelled(entries, [cls for _, _, cls in items], classes)
+    return label_entries(entries, [cls for _, _, cls in items], classes)
 
 
-def labelled(entries: list[dict | None], class_names: list[str | None], classes: list[str]) -> list[dict]:
+def label_entries(entries: list[dict | None], class_names: list[str | None], classes: list[str]) -> list[dict]:
     """Entries that passed their checks (None = a problem was recorded), with label and class
     name set; a class not in ``classes`` (unlabelled test data) gets None for both."""
     out = []

@@ -74,6 +74,8 @@ class Workflow:
 
     def runs(self, stage_name: str, cfg: dict) -> bool:
         """Whether the experiment needs ``stage_name`` (override for optional stages)."""
+        if stage_name not in self.all_stages():
+            return False
         if stage_name in ("validate_test", "predict", "metrics", "report"):
             return self.has_test(cfg)
         return True
@@ -162,7 +164,8 @@ class Workflow:
         prepared = Path(prepared)
         out, problems = [], []
         for part in ("train", "test") if self.has_test(cfg) else ("train",):
-            job = Job(output={"manifest": str(prepared / f"manifest_{part}.json")})
+            job = self.job(f"validate_{part}", cfg)
+            job.output["manifest"] = str(prepared / f"manifest_{part}.json")
             try:
                 out.append(self.call(f"validate_{part}", cfg, job))
             except BioflowError as exc:
@@ -171,10 +174,51 @@ class Workflow:
             raise BioflowError(f"validate_dataset: {len(problems)} problem(s) in the data", problems)
         return out[0], (out[1] if len(out) > 1 else None)
 
-    def call(self, stage_name: str, cfg: dict, job: Job):
-        """Run a stage from Python on the slice of a full validated ``cfg``."""
+    def call(self, stage_name: str, cfg: dict, job: Job | None = None, run_id: int | None = None):
+        """Run a stage from Python (no Snakemake) on the slice of a full validated ``cfg``;
+        without ``job``, on the experiment's standard paths (those the rules use)."""
+        job = job or self.job(stage_name, cfg, run_id)
         return self.run(stage_name, self.params(stage_name, cfg),
                         slice_config(cfg, self.runtime_keys(stage_name)), job)
+
+    def job(self, stage_name: str, cfg: dict, run_id: int | str | None = None) -> Job:
+        """The named inputs, outputs and path params of a stage: what its rule declares (the
+        rules build themselves from this, with ``run_id="{run_id}"``) and what a Python caller
+        passes. Names ending in ``_dir`` are folders."""
+        lay = Layout.of(cfg)
+        rd = lay.run_dir(run_id) if run_id is not None else None
+        runs = cfg["experiment"]["run_ids"]
+        folders = {"folders": lay.folders} if self.runs("csv_to_folders", cfg) else {}
+        io = {
+            "csv_to_folders": ({"csv": cfg["data"]["csv"]}, {"folders_dir": lay.folders}, {}),
+            "validate_train": (folders, {"manifest": lay.manifest_train}, {}),
+            "validate_test": (folders, {"manifest": lay.manifest_test}, {}),
+            "norm_stats": ({"manifest": lay.manifest_train},
+                           {"json": lay.norm_json, "mean": f"{lay.prepared}/norm_mean.npy",
+                            "std": f"{lay.prepared}/norm_std.npy"}, {}),
+            "save_config": ({}, {"config": lay.config_copy}, {}),
+            "train": ({"manifest": lay.manifest_train, "norm": lay.norm_json},
+                      {"ckpt": lay.best_ckpt(run_id), "summary": f"{rd}/train_summary.json",
+                       "charts_dir": f"{rd}/charts"}, {"run_dir": rd}),
+            "predict": ({"ckpt": lay.best_ckpt(run_id), "manifest": lay.manifest_test, "norm": lay.norm_json},
+                        {"csv": f"{rd}/predictions.csv"}, {"run_dir": rd}),
+            "postprocess": ({"per_image": f"{rd}/per_image"}, {"post_dir": f"{rd}/full_post_processing"}, {}),
+            "metrics": ({"predictions": f"{rd}/predictions.csv", "manifest": lay.manifest_test,
+                         **({"post": f"{rd}/full_post_processing"} if self.runs("postprocess", cfg) else {})},
+                        {"json": f"{rd}/metrics.json"}, {"run_dir": rd}),
+            "report": ({"metrics": [f"{lay.run_dir(r)}/metrics.json" for r in runs],
+                        "summaries": [f"{lay.run_dir(r)}/train_summary.json" for r in runs],
+                        "config": lay.config_copy},
+                       {"html": lay.report}, {"run_dirs": [lay.run_dir(r) for r in runs]}),
+        }
+        inputs, outputs, params = io.get(stage_name) or self.stage_io(stage_name, cfg, lay, run_id)
+        extra = {k: f"{rd}/{v}" for k, v in self.outputs(stage_name, cfg).items()} if rd else {}
+        return Job(input=dict(inputs), output={**outputs, **extra}, params=dict(params),
+                   run_id=None if run_id is None or isinstance(run_id, str) else int(run_id))
+
+    def stage_io(self, stage_name: str, cfg: dict, lay: Layout, run_id) -> tuple[dict, dict, dict]:
+        """(inputs, outputs, params) of a workflow's own stages (see :meth:`job`)."""
+        raise BioflowError(f"experiment.workflow: '{self.name}' has no stage '{stage_name}'")
 
     def stratify(self, cfg) -> bool:
         """Whether the validation split is stratified by class."""

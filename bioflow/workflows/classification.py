@@ -86,7 +86,7 @@ class Classification(Workflow):
         for split, per_class in per_split.items():
             items = [(p, cls) for cls, ps in per_class.items() for p in ps]
             found = ck.run_parallel(ck.check_image, [p for p, _ in items])
-            splits[split] = validate.labelled(found, [cls for _, cls in items], classes)
+            splits[split] = validate.label_entries(found, [cls for _, cls in items], classes)
         extra = {"multilabel": multilabel}
         if multilabel:
             validate.attach_csv(ck, cfg, splits, roots, "labels")
@@ -99,7 +99,7 @@ class Classification(Workflow):
     @stage("experiment.ndim", "data.csv", "data.csv_options")
     def csv_to_folders(self, cfg: StageConfig, job: Job):
         from bioflow.prepare import csv_to_folders  # pandas / image writers: not needed for -n
-        return csv_to_folders.run(cfg, job.output["folders"])
+        return csv_to_folders.run(cfg, job.output["folders_dir"])
 
     @stage(*TRAIN_KEYS, runtime=RUNTIME_TRAIN_KEYS)
     def train(self, cfg: StageConfig, job: Job) -> dict:

@@ -73,6 +73,13 @@ class PatchClassification(Workflow):
                   for split, per_class in per_split.items()}
         return classes, splits, {"patch_layout": layout}
 
+    def stage_io(self, stage_name, cfg, lay, run_id):
+        if stage_name == "patch_dataset":
+            test = {"test_manifest": lay.manifest_test} if self.runs("validate_test", cfg) else {}
+            return ({"manifest": lay.manifest_train, **test}, {"info": f"{lay.patches}/info.json"},
+                    {"out_dir": lay.patches})
+        return super().stage_io(stage_name, cfg, lay, run_id)
+
     @stage("patches", "experiment.ndim", "data.channels", "data.channel_axis", "data.mask_transform")
     def patch_dataset(self, cfg: StageConfig, job: Job) -> dict:
         from bioflow.prepare import patches  # h5py: kept out of `snakemake -n`

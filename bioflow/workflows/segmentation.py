@@ -95,7 +95,7 @@ class SemanticSegmentation(Workflow):
     @stage("experiment.ndim", "postprocess")
     def postprocess(self, cfg: StageConfig, job: Job):
         from bioflow import postprocess  # scipy / tifffile: kept out of `snakemake -n`
-        return postprocess.run(cfg, job.input["per_image"], job.output["dir"])
+        return postprocess.run(cfg, job.input["per_image"], job.output["post_dir"])
 
     @stage("experiment.ndim", "model.n_classes", "data.test_has_labels", "train.ignore_index", "metrics")
     def metrics(self, cfg: StageConfig, job: Job) -> dict:

@@ -35,38 +35,39 @@ def stage_params(stage, **extra):
                 version=VERSION, **extra)
 
 
-def validate_inputs(wildcards):
-    """Files validate_train reads: the CSV output, or the data folders themselves."""
-    inputs = {}
+def inputs(stage, run_id="{run_id}"):
+    """Named inputs of a stage, from its workflow (``Workflow.job``: one source of truth for
+    the paths, shared with Python callers)."""
+    return WF.job(stage, config, run_id).input
+
+
+def outputs(stage, run_id="{run_id}", reports=None):
+    """Named outputs of a stage; ``*_dir`` names are folders; ``reports``: name -> arguments
+    of ``report()`` for the files `snakemake --report` shows."""
+    out = {}
+    for name, path in WF.job(stage, config, run_id).output.items():
+        path = directory(path) if name.endswith("_dir") else path
+        if reports and name in reports:
+            path = report(path, **reports[name])
+        out[name] = path
+    return out
+
+
+def paths(stage, run_id="{run_id}"):
+    """Path params of a stage (run folder, ...)."""
+    return WF.job(stage, config, run_id).params
+
+
+def existing(named):
+    """Only the data paths that exist: a missing one is reported by validation together with
+    every other problem, in one message, instead of Snakemake's MissingInputException."""
+    return {k: v for k, v in named.items() if os.path.exists(v)}
+
+
+def data_inputs(stage, *keys):
+    """The configured data folders / CSVs a validation stage reads (the folders come from
+    csv_to_folders instead when the data is a CSV)."""
+    keys = [k for k in keys if config["data"][k] and f"data.{k}" in WF.keys(stage)]
     if "csv_to_folders" in STAGES:
-        inputs["folders"] = L.folders
-    else:
-        # Only existing paths: a missing one is reported by validation together with every
-        # other problem, in one message, instead of Snakemake's MissingInputException.
-        inputs.update({k: config["data"][k] for k in ("train", "val") if config["data"][k]
-                       and os.path.exists(config["data"][k])})
-    return inputs
-
-
-def validate_test_inputs(wildcards):
-    # not the training manifest: both parts are checked at once, every problem listed in one run
-    inputs = {}
-    if "csv_to_folders" in STAGES:
-        inputs["folders"] = L.folders
-    elif config["data"]["test"] and os.path.exists(config["data"]["test"]):
-        inputs["test"] = config["data"]["test"]
-    return inputs
-
-
-def csv_inputs(wildcards):
-    """labels / metadata CSVs a validation reads, when the workflow uses them."""
-    return {k: config["data"][k] for k in ("labels_csv", "metadata_csv")
-            if f"data.{k}" in WF.keys("validate_train") and config["data"][k]}
-
-
-def metrics_inputs(wildcards):
-    run = RUN.format(run_id=wildcards.run_id)
-    inputs = {"predictions": f"{run}/predictions.csv", "manifest": L.manifest_test}
-    if "postprocess" in STAGES:
-        inputs["post"] = f"{run}/full_post_processing"
-    return inputs
+        keys = [k for k in keys if k.endswith("_csv")]
+    return existing({k: config["data"][k] for k in keys})

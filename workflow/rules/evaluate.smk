@@ -4,13 +4,12 @@ if "metrics" in STAGES:
 
     rule metrics:
         input:
-            unpack(metrics_inputs),
+            **inputs("metrics"),
         output:
-            json=report(f"{RUN}/metrics.json", category="Metrics", subcategory="run {run_id}"),
-            # tables and figures the report reads
-            **{k: f"{RUN}/{v}" for k, v in WF.outputs("metrics", config).items()},
+            # metrics.json plus the tables and figures the report reads
+            **outputs("metrics", reports={"json": dict(category="Metrics", subcategory="run {run_id}")}),
         params:
-            **stage_params("metrics", run_dir=RUN),
+            **stage_params("metrics", **paths("metrics")),
         conda:
             "../../environment.yml"
         log:
@@ -23,14 +22,12 @@ if "report" in STAGES:
 
     rule report:
         input:
-            metrics=expand(f"{RUN}/metrics.json", run_id=RUN_IDS),
-            summaries=expand(f"{RUN}/train_summary.json", run_id=RUN_IDS),
-            config=L.config_copy,
+            **inputs("report"),
         output:
             # the metrics tables (mean ± sd over run_ids, per run, per class) and charts
-            html=report(L.report, category="Metrics", subcategory="all runs"),
+            **outputs("report", reports={"html": dict(category="Metrics", subcategory="all runs")}),
         params:
-            **stage_params("report", run_dirs=expand(RUN, run_id=RUN_IDS)),
+            **stage_params("report", **paths("report")),
         conda:
             "../../environment.yml"
         log:

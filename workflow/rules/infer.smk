@@ -4,16 +4,12 @@ if "predict" in STAGES:
 
     rule predict:
         input:
-            ckpt=L.best_ckpt("{run_id}"),
-            manifest=L.manifest_test,
-            norm=L.norm_json,
+            **inputs("predict"),
         output:
-            csv=f"{RUN}/predictions.csv",
-            # the workflow's other per-run outputs (per-image folders, patch metrics)
-            **{k: (directory(f"{RUN}/{v}") if k.endswith("_dir") else f"{RUN}/{v}")
-               for k, v in WF.outputs("predict", config).items()},
+            # predictions.csv plus the workflow's other outputs (per-image folders, patch metrics)
+            **outputs("predict"),
         params:
-            **stage_params("predict", run_dir=RUN),
+            **stage_params("predict", **paths("predict")),
         conda:
             "../../environment.yml"
         log:
@@ -31,9 +27,9 @@ if "postprocess" in STAGES:
 
     rule postprocess:
         input:
-            per_image=f"{RUN}/per_image",
+            **inputs("postprocess"),
         output:
-            dir=directory(f"{RUN}/full_post_processing"),
+            **outputs("postprocess"),
         params:
             **stage_params("postprocess"),
         conda:

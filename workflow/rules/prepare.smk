@@ -1,15 +1,15 @@
 # Preparation stages: CSV/npz -> class folders, dataset validation (train part and test part:
 # two manifests, so a test-set change never reruns training), normalization statistics,
-# patch-dataset generation.
+# the config copy. Paths come from the workflow (Workflow.job), params from its stage slices.
 
 
 if "csv_to_folders" in STAGES:
 
     rule csv_to_folders:
         input:
-            config["data"]["csv"],
+            **inputs("csv_to_folders"),
         output:
-            folders=directory(L.folders),
+            **outputs("csv_to_folders"),
         params:
             **stage_params("csv_to_folders"),
         conda:
@@ -22,10 +22,10 @@ if "csv_to_folders" in STAGES:
 
 rule validate_train:
     input:
-        unpack(validate_inputs),
-        unpack(csv_inputs),
+        **inputs("validate_train"),
+        **data_inputs("validate_train", "train", "val", "labels_csv", "metadata_csv"),
     output:
-        manifest=L.manifest_train,
+        **outputs("validate_train"),
     params:
         **stage_params("validate_train"),
     conda:
@@ -38,10 +38,10 @@ rule validate_train:
 
 rule validate_test:
     input:
-        unpack(validate_test_inputs),
-        unpack(csv_inputs),
+        **inputs("validate_test"),
+        **data_inputs("validate_test", "test", "labels_csv", "metadata_csv"),
     output:
-        manifest=L.manifest_test,
+        **outputs("validate_test"),
     params:
         **stage_params("validate_test"),
     conda:
@@ -54,11 +54,9 @@ rule validate_test:
 
 rule norm_stats:
     input:
-        manifest=L.manifest_train,
+        **inputs("norm_stats"),
     output:
-        json=L.norm_json,
-        mean=f"{L.prepared}/norm_mean.npy",
-        std=f"{L.prepared}/norm_std.npy",
+        **outputs("norm_stats"),
     params:
         **stage_params("norm_stats"),
     conda:
@@ -71,7 +69,7 @@ rule norm_stats:
 
 rule save_config:
     output:
-        config=L.config_copy,
+        **outputs("save_config"),
     params:
         **stage_params("save_config"),
     log:
@@ -84,12 +82,11 @@ if "patch_dataset" in STAGES:
 
     rule patch_dataset:
         input:
-            manifest=L.manifest_train,
-            **({"test_manifest": L.manifest_test} if "validate_test" in STAGES else {}),
+            **inputs("patch_dataset"),
         output:
-            info=f"{L.patches}/info.json",
+            **outputs("patch_dataset"),
         params:
-            **stage_params("patch_dataset", out_dir=L.patches),
+            **stage_params("patch_dataset", **paths("patch_dataset")),
         conda:
             "../../environment.yml"
         log:

@@ -1,21 +1,18 @@
 # Training: one job per run_id (the run_id seeds it). A GPU stage: profiles map `gpu` to a partition.
+# The working folder with last.ckpt is not a declared output, so a killed job keeps it and the
+# rerun resumes from it; the best checkpoint is written at the end.
 
 if "train" in STAGES:
 
     rule train:
         input:
-            manifest=L.manifest_train,
-            norm=L.norm_json,
+            **inputs("train"),
         output:
-            # Written at the end of training; the working folder with last.ckpt is not declared,
-            # so a killed job keeps it and the rerun resumes from it.
-            ckpt=L.best_ckpt("{run_id}"),
-            summary=f"{RUN}/train_summary.json",
             # loss / metric curves and augmented samples, shown by `snakemake --report`
-            charts=report(directory(f"{RUN}/charts"), patterns=["{name}.png"], category="Training",
-                          subcategory="run {run_id}"),
+            **outputs("train", reports={"charts_dir": dict(patterns=["{name}.png"], category="Training",
+                                                           subcategory="run {run_id}")}),
         params:
-            **stage_params("train", run_dir=RUN),
+            **stage_params("train", **paths("train")),
         conda:
             "../../environment.yml"
         log:
