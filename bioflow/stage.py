@@ -29,10 +29,10 @@ from bioflow.errors import BioflowError
 FREE_FORM_SUFFIX = "kwargs"
 
 
-def slice_config(cfg: Mapping, keys: Iterable[str]) -> dict:
+def slice_config(cfg: Mapping, keys: Iterable[str], exclude: Iterable[str] = ()) -> dict:
     """The nested sub-dict of ``cfg`` holding only ``keys`` (dotted; a section name takes the
-    whole section), with sorted keys: Snakemake compares params by their text, so the same
-    keys in another YAML order must not rerun a stage."""
+    whole section) minus ``exclude``, with sorted keys: Snakemake compares params by their
+    text, so the same keys in another YAML order must not rerun a stage."""
     out: dict = {}
     for dotted in keys:
         parts = dotted.split(".")
@@ -46,6 +46,13 @@ def slice_config(cfg: Mapping, keys: Iterable[str]) -> dict:
             else:
                 src = src[part]
                 dst = dst.setdefault(part, {})
+    for dotted in exclude:
+        *path, last = dotted.split(".")
+        node = out
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
     return _key_sorted(out)
 
 

@@ -20,8 +20,10 @@ from helpers_snakemake import REPO, deep_update, job_counts, local_demo_run, pla
 
 pytestmark = pytest.mark.slow
 
-DOWNSTREAM_OF_PREDICT = Counter({"predict": 2, "metrics": 2, "report": 1})
+# save_config (the config copy the report shows) reruns on every change of the config.
+DOWNSTREAM_OF_PREDICT = Counter({"predict": 2, "metrics": 2, "report": 1, "save_config": 1})
 DOWNSTREAM_OF_TRAIN = Counter({"train": 2}) + DOWNSTREAM_OF_PREDICT
+TEST_SET_CHANGED = Counter({"validate_test": 1}) + DOWNSTREAM_OF_PREDICT
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +40,8 @@ def changed_config(run, overrides: dict, name: str):
 
 def test_first_run_built_everything_once_per_run_id(run):
     ran = job_counts(run["output"])
-    assert ran == Counter({"csv_to_folders": 1, "validate_dataset": 1, "norm_stats": 1, "train": 2,
-                           "predict": 2, "metrics": 2, "report": 1})
+    assert ran == Counter({"csv_to_folders": 1, "validate_train": 1, "validate_test": 1, "norm_stats": 1,
+                           "save_config": 1, "train": 2, "predict": 2, "metrics": 2, "report": 1})
     root = run["root"]
     for rid in (1, 2):
         assert (root / "checkpoints" / f"demo_pneumonia_{rid}-best.ckpt").is_file()
@@ -72,7 +74,29 @@ def test_lr_reruns_training_onward(run):
 
 def test_report_option_reruns_only_the_report(run):
     cfg = changed_config(run, {"report": {"title": "Another title", "max_charts": 3}}, "report_changed")
-    assert planned_jobs(run["workdir"], cfg) == Counter({"report": 1})
+    assert planned_jobs(run["workdir"], cfg) == Counter({"report": 1, "save_config": 1})
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"data": {"test_has_labels": False}}, TEST_SET_CHANGED),
+    ({"metrics": {"bootstrap": 50}}, Counter({"metrics": 2, "report": 1, "save_config": 1})),
+    ({"train": {"num_workers": 1, "n_sample_images": 3}}, Counter({"save_config": 1})),
+], ids=["test_has_labels", "metrics", "runtime_train_keys"])
+def test_changes_outside_training_never_retrain(run, overrides, expected):
+    cfg = changed_config(run, overrides, "outside_training")
+    assert planned_jobs(run["workdir"], cfg) == expected
+
+
+def test_another_test_set_revalidates_and_predicts_but_never_retrains(run):
+    # a copy of the test images in a new folder: only the test part of the data changes
+    import shutil
+    new_test = run["workdir"] / "another_test"
+    if not new_test.exists():
+        shutil.copytree(run["root"] / "prepared" / "folders" / "test", new_test)
+    cfg = changed_config(run, {"data": {"test": str(new_test)}}, "test_changed")
+    planned = planned_jobs(run["workdir"], cfg)
+    assert planned == TEST_SET_CHANGED
+    assert not {"train", "norm_stats", "validate_train", "csv_to_folders"} & set(planned)
 
 
 def test_new_bioflow_version_reruns_the_heavy_rules(run):
@@ -82,22 +106,22 @@ def test_new_bioflow_version_reruns_the_heavy_rules(run):
     planned = planned_jobs(run["workdir"], run["config"], prelude=prelude)
     assert planned == DOWNSTREAM_OF_TRAIN
     # the cheap preparation stages do not depend on the code version
-    assert not {"csv_to_folders", "validate_dataset", "norm_stats"} & set(planned)
+    assert not {"csv_to_folders", "validate_train", "validate_test", "norm_stats"} & set(planned)
 
 
-def test_until_validate_dataset_runs_only_that_stage(tmp_path):
+def test_until_validate_train_runs_only_that_stage(tmp_path):
     cfg = tiny_demo_config(tmp_path / "tiny.yaml")
-    proc = snakemake(tmp_path, cfg, "--cores", "2", "--until", "validate_dataset")
-    # validate_dataset and the stage it needs (the demo data is a CSV): nothing after it
-    assert job_counts(proc.stdout + proc.stderr) == Counter({"csv_to_folders": 1, "validate_dataset": 1})
+    proc = snakemake(tmp_path, cfg, "--cores", "2", "--until", "validate_train")
+    # validate_train and the stage it needs (the demo data is a CSV): nothing after it
+    assert job_counts(proc.stdout + proc.stderr) == Counter({"csv_to_folders": 1, "validate_train": 1})
     root = tmp_path / "results" / "demo_pneumonia"
-    manifest = json.loads((root / "prepared" / "manifest.json").read_text())
+    manifest = json.loads((root / "prepared" / "manifest_train.json").read_text())
     assert manifest["workflow"] == "classification" and manifest["splits"]["train"]
     assert not (root / "prepared" / "normalization.json").exists()
     assert not (root / "checkpoints").exists()
     # and a plain run afterwards continues from there
     rest = planned_jobs(tmp_path, cfg)
-    assert "validate_dataset" not in rest and "csv_to_folders" not in rest
+    assert "validate_train" not in rest and "csv_to_folders" not in rest
     assert rest["train"] == 2 and rest["norm_stats"] == 1
 
 

@@ -90,8 +90,9 @@ class Workflow:
         return self._method(stage_name).stage_runtime
 
     def params(self, stage_name: str, cfg: dict) -> dict:
-        """The stage's tracked config slice, for the rule's ``params: cfg=``."""
-        return slice_config(cfg, self.keys(stage_name))
+        """The stage's tracked config slice, for the rule's ``params: cfg=``: its keys minus its
+        runtime keys (a section like ``train`` may hold both)."""
+        return slice_config(cfg, self.keys(stage_name), exclude=self.runtime_keys(stage_name))
 
     def runtime(self, stage_name: str, cfg: dict) -> Untracked:
         """The stage's runtime keys, for ``params: runtime=`` (not part of the rerun check)."""
