@@ -26,7 +26,7 @@ from helpers_snakemake import (SLURM_PROFILE, SLURM_TEST_ARGS, job_counts, local
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-LOCAL_RULES = {"csv_to_folders", "validate_dataset", "norm_stats", "report", "all"}
+LOCAL_RULES = {"csv_to_folders", "validate_train", "validate_test", "norm_stats", "save_config", "report", "all"}
 GPU_RULES = {"train", "predict"}
 
 

@@ -48,9 +48,10 @@ def test_demo_classification_2d_from_csv(tmp_path):
     run_snakemake(cfg, tmp_path)
     root = tmp_path / "results" / "demo_pneumonia"
     # shared stages
-    manifest = json.loads((root / "prepared" / "manifest.json").read_text())
-    assert manifest["classes"] == ["normal", "pneumonia"]
-    assert {len(manifest["splits"][s]) for s in ("train", "val", "test")} == {180, 50, 80}
+    manifest = json.loads((root / "prepared" / "manifest_train.json").read_text())
+    test_part = json.loads((root / "prepared" / "manifest_test.json").read_text())
+    assert manifest["classes"] == test_part["classes"] == ["normal", "pneumonia"]
+    assert [len(manifest["splits"][s]) for s in ("train", "val")] + [len(test_part["splits"]["test"])] == [180, 50, 80]
     norm = json.loads((root / "prepared" / "normalization.json").read_text())
     assert len(norm["mean"]) == 1 and (root / "prepared" / "norm_mean.npy").is_file()
     assert (root / "config_files" / "config.yaml").is_file()
@@ -151,7 +152,7 @@ def test_bad_data_stops_before_training(tmp_path):
            "model": {"architecture": "simple_cnn", "n_classes": 2}}
     res = run_snakemake(cfg, tmp_path, check=False)
     assert res.returncode != 0
-    log = (tmp_path / "results" / "bad" / "logs" / "validate_dataset.log").read_text()
+    log = (tmp_path / "results" / "bad" / "logs" / "validate_train.log").read_text()
     assert "notes.txt" in log and "broken.png" in log
     assert not (tmp_path / "results" / "bad" / "checkpoints").exists()
 
@@ -164,7 +165,7 @@ def test_unknown_architecture_stops_at_validation(tmp_path):
     assert res.returncode != 0
     assert "model.architecture: unknown 'resnet_typo'; valid for classification 2D:" in res.stderr
     assert "simple_cnn" in res.stderr
-    assert not (tmp_path / "results" / "demo_pneumonia" / "prepared" / "manifest.json").exists()
+    assert not (tmp_path / "results" / "demo_pneumonia" / "prepared" / "manifest_train.json").exists()
 
 
 def test_killed_training_resumes_on_plain_rerun(tmp_path):

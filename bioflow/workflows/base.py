@@ -151,6 +151,8 @@ class Workflow:
                                                 job.input.get("folders")).get("train")
             classes = self.classes(cfg, train_root)
         classes, splits, extra = self.scan(ck, cfg, roots, classes)
+        if part == "train":
+            self.check_model(ck, cfg)
         manifest = validate.assemble(ck, cfg, part, roots, classes, splits, extra,
                                      workflow=self.name, masks=self.has_masks,
                                      stratify=self.stratify(cfg))
@@ -206,7 +208,7 @@ class Workflow:
             "postprocess": ({"per_image": f"{rd}/per_image"}, {"post_dir": f"{rd}/full_post_processing"}, {}),
             "metrics": ({"predictions": f"{rd}/predictions.csv", "manifest": lay.manifest_test,
                          **({"post": f"{rd}/full_post_processing"} if self.runs("postprocess", cfg) else {})},
-                        {"json": f"{rd}/metrics.json"}, {"run_dir": rd}),
+                        {"json": f"{rd}/metrics.json"}, {}),
             "report": ({"metrics": [f"{lay.run_dir(r)}/metrics.json" for r in runs],
                         "summaries": [f"{lay.run_dir(r)}/train_summary.json" for r in runs],
                         "config": lay.config_copy},
@@ -221,14 +223,24 @@ class Workflow:
         """(inputs, outputs, params) of a workflow's own stages (see :meth:`job`)."""
         raise BioflowError(f"experiment.workflow: '{self.name}' has no stage '{stage_name}'")
 
+    def check_model(self, ck: validate.Checker, cfg: StageConfig) -> None:
+        """Problems with ``model.architecture`` / ``model.weights``, listed with the data's: a
+        typo fails here, before any training time is spent, without hiding data problems."""
+        from bioflow.models.registry import check_architecture  # torch: kept out of `snakemake -n`
+        try:
+            check_architecture(cfg)
+        except BioflowError as exc:
+            ck.problem(str(exc))
+
     def stratify(self, cfg) -> bool:
         """Whether the validation split is stratified by class."""
         return False
 
     # --- the shared stages ---------------------------------------------------------------
 
-    @stage("experiment.ndim", "experiment.split_seed", "data.train", "data.val", "data.val_split",
-           "data.csv", "data.channels", "data.channel_axis", "model.n_classes")
+    @stage("experiment.workflow", "experiment.ndim", "experiment.split_seed", "data.train", "data.val",
+           "data.val_split", "data.csv", "data.channels", "data.channel_axis", "model.n_classes",
+           "model.architecture", "model.weights")
     def validate_train(self, cfg: StageConfig, job: Job) -> dict:
         """Check every train / val file and write ``prepared/manifest_train.json``."""
         return self._validate(cfg, job, "train")

@@ -116,4 +116,5 @@ class Classification(Workflow):
     @stage("data.test_has_labels", "model.multilabel", "metrics")
     def metrics(self, cfg: StageConfig, job: Job) -> dict:
         from bioflow.metrics import classification  # matplotlib: kept out of `snakemake -n`
-        return classification.evaluate(cfg, job.run_id, job.input["manifest"], job.params["run_dir"])
+        return classification.evaluate(cfg, job.run_id, job.input["manifest"],
+                                         Path(job.input["predictions"]).parent)

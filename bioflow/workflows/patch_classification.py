@@ -49,6 +49,9 @@ class PatchClassification(Workflow):
             return super().classes(cfg, train_root)
         return [d.name for d in validate.class_folders(train_root)]
 
+    def check_model(self, ck, cfg) -> None:
+        """The backbone is not built by this workflow yet (see the module docstring)."""
+
     def scan(self, ck, cfg, roots, classes):
         train_root = roots.get("train")
         by_mask = (train_root / "x").is_dir() if train_root else any((r / "x").is_dir() for r in roots.values())

@@ -100,4 +100,5 @@ class SemanticSegmentation(Workflow):
     @stage("experiment.ndim", "model.n_classes", "data.test_has_labels", "train.ignore_index", "metrics")
     def metrics(self, cfg: StageConfig, job: Job) -> dict:
         from bioflow.metrics import segmentation  # matplotlib: kept out of `snakemake -n`
-        return segmentation.evaluate(cfg, job.run_id, job.input["manifest"], job.params["run_dir"])
+        return segmentation.evaluate(cfg, job.run_id, job.input["manifest"],
+                                         Path(job.input["predictions"]).parent)

@@ -72,6 +72,8 @@ rule save_config:
         **outputs("save_config"),
     params:
         **stage_params("save_config"),
+    conda:
+        "../../environment.yml"
     log:
         f"{LOGS}/save_config.log",
     script:
