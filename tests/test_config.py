@@ -1,4 +1,5 @@
 """bioflow.config: schema validation, defaults, key-path error messages, templates."""
+import copy
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,113 @@ def test_cli_check(tmp_path, capsys):
     p.write_text(yaml.safe_dump(_cfg(train={"scheduler": "cosine"})))
     assert main(["check", str(p)]) == 1
     assert "train.scheduler" in capsys.readouterr().err
+
+
+# --- typed config: one source of truth, generated schema, command-line strings ------------------
+
+def test_committed_schemas_are_generated_from_the_models():
+    """Both schema files are `python -m bioflow.config --write-schema` output, never hand edits."""
+    for rel in config.SCHEMA_FILES:
+        assert (ROOT / rel).read_text() == config.schema_text(), (
+            f"{rel} differs from bioflow/config_model.py; run `python -m bioflow.config --write-schema`")
+
+
+def test_generated_schema_is_a_valid_json_schema_that_agrees_with_validate():
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(config.schema())
+    validator.check_schema(config.schema())
+    for path in TEMPLATES + [ROOT / "config" / "config.yaml"]:
+        assert not list(validator.iter_errors(yaml.safe_load(path.read_text()))), path.name
+    bad = _cfg(train={"optimizer": "lion", "devices": 0, "lrr": 1})
+    assert len(list(validator.iter_errors(bad))) == 3
+    # every section rejects unknown keys, in the schema as in validate()
+    objects = [d for d in config.schema()["$defs"].values() if d.get("type") == "object"]
+    assert len(objects) == 13 and all(d["additionalProperties"] is False for d in objects)
+
+
+def _plain(value) -> bool:
+    if isinstance(value, dict):
+        return type(value) is dict and all(type(k) is str and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return type(value) is list and all(_plain(v) for v in value)
+    return value is None or type(value) in (str, int, float, bool)
+
+
+def test_validate_fills_the_callers_dict_in_place_with_plain_values():
+    cfg = _cfg(train={"augmentation": {"flips": False}})
+    train = cfg["train"]
+    out = config.validate(cfg)
+    assert out is cfg and cfg["train"] is train  # the Snakefile's `config` object itself is filled
+    assert train["augmentation"] == {"enabled": True, "flips": False, "rot90": True, "affine": False,
+                                     "brightness_contrast": False, "gaussian_noise": False, "probability": 0.5}
+    assert set(cfg) == {"experiment", "data", "model", "train", "inference", "postprocess", "patches",
+                        "metrics", "report"}
+    assert _plain(cfg)
+    assert config.validate(copy.deepcopy(cfg)) == cfg  # idempotent
+
+
+def test_an_integer_in_a_number_key_stays_an_integer():
+    # So the params Snakemake records (and the checkpoint's config hash) do not change.
+    cfg = config.validate(_cfg(train={"max_time_minutes": 30, "lr": 1, "class_weights": [1, 2]}))
+    assert type(cfg["train"]["max_time_minutes"]) is int and type(cfg["train"]["lr"]) is int
+    assert cfg["train"]["class_weights"] == [1, 2] and type(cfg["train"]["class_weights"][0]) is int
+    assert type(cfg["train"]["weight_decay"]) is float
+
+
+@pytest.mark.parametrize("section, key, given, expected", [
+    ("inference", "tta", "true", True),
+    ("train", "augmentation", {"flips": "False"}, {"flips": False}),
+    ("train", "lr", "0.5", 0.5),
+    ("train", "lr", "1e-4", 1e-4),  # YAML 1.1 would keep this a string
+    ("train", "epochs", "3", 3),
+    ("experiment", "run_ids", "[1, 2]", [1, 2]),
+    ("experiment", "ndim", "2", 2),
+    ("data", "patch_size", ["64", "64"], [64, 64]),  # what Snakemake makes of [64, 64]
+    ("train", "class_weights", ["1", "2.5"], [1, 2.5]),
+    ("train", "class_weights", "auto", "auto"),
+    ("train", "devices", "2", 2),
+    ("train", "devices", "auto", "auto"),
+    ("train", "ignore_index", "null", None),
+    ("data", "val", "null", None),
+    ("train", "precision", "32", "32"),  # a string enum keeps its string
+    ("experiment", "name", "123", "123"),  # a string key keeps its string
+    ("train", "strategy", "true", "true"),
+])
+def test_command_line_strings_are_coerced_to_the_keys_type(section, key, given, expected):
+    cfg = config.validate(_cfg(**{section: {key: given}}))
+    got = cfg[section][key]
+    if isinstance(expected, dict):
+        got = {k: got[k] for k in expected}
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("section, key, given", [
+    ("train", "lr", "fast"),
+    ("inference", "tta", "yes"),  # YAML 1.1 booleans other than true/false stay strings
+    ("train", "epochs", "3.5"),
+    ("train", "epochs", "null"),
+    ("experiment", "ndim", "4"),
+    ("data", "patch_size", ["64", "x"]),
+    ("experiment", "run_ids", "[1, 2"),
+])
+def test_a_string_that_cannot_be_coerced_names_the_key(section, key, given):
+    with pytest.raises(BioflowError) as err:
+        config.validate(_cfg(**{section: {key: given}}))
+    assert f"{section}.{key}" in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"patches": {"classifier": "logistic_regression"}}, "unknown key 'patches.classifier'"),
+    ({"patches": {"reconstruction": "majority"}}, "unknown key 'patches.reconstruction'"),
+    ({"patches": {"class_priority": ["a"]}}, "unknown key 'patches.class_priority'"),
+    ({"train": {"devices": 0}}, "train.devices: 0 is not allowed"),
+    ({"train": {"class_weights": [1.0, -1.0]}}, "train.class_weights.1: input should be greater than or equal to 0"),
+    ({"experiment": {"run_ids": [1, 1]}}, "experiment.run_ids: run ids must be unique"),
+    ({"train": {"augmentation": {"flipz": True}}}, "unknown key 'train.augmentation.flipz'; allowed keys here: "
+                                                   "enabled, flips, rot90"),
+    ({"train": 3}, "train: input should be a valid dictionary"),
+])
+def test_more_errors_name_the_key(overrides, needle):
+    with pytest.raises(BioflowError) as err:
+        config.validate(_cfg(**overrides))
+    assert needle in str(err.value) and "\n" not in str(err.value)

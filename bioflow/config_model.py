@@ -1,0 +1,237 @@
+"""The experiment config as pydantic models: the one place where keys, types, ranges, enums,
+defaults and descriptions are written.
+
+``bioflow.config.validate`` validates a config dict with :class:`Config` and fills the defaults;
+``python -m bioflow.config --write-schema`` writes the JSON schema generated from these models to
+``bioflow/schemas/`` and ``workflow/schemas/`` (a test checks the committed files match).
+
+Conventions: every model forbids unknown keys; values are strict (no "yes" for a bool, no "3" for
+an int: the command-line strings of ``snakemake --config`` are coerced in bioflow.config before
+validation); enums are ``Literal`` so the validated config holds plain values; a number key keeps
+an integer the user wrote as an integer (``max_time_minutes: 30`` stays 30, so the params
+Snakemake records do not change).
+"""
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WrapValidator, field_validator
+
+Workflow = Literal["classification", "semantic_segmentation", "patch_classification"]
+
+
+def _keep_int(value, handler):
+    out = handler(value)
+    return value if type(value) is int else out
+
+
+def Num(**constraints):
+    """A JSON-schema ``number`` with ``constraints`` (ge/gt/le/lt); an int input stays an int."""
+    return Annotated[float, Field(**constraints), WrapValidator(_keep_int)]
+
+
+def Int(**constraints):
+    return Annotated[int, Field(**constraints)]
+
+
+def section(model: type[BaseModel], description: str | None = None):
+    """A config section with defaults for every key: optional, ``{}`` when absent."""
+    return Field(default_factory=model, description=description, json_schema_extra={"default": {}})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Experiment(_Section):
+    """experiment: what to run and where its outputs go."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_]+$", description="output folder name: letters, digits, _")
+    workflow: Workflow
+    ndim: Literal[2, 3] = 2
+    run_ids: list[Int(ge=0)] = Field([1], min_length=1, json_schema_extra={"uniqueItems": True})
+    result_dir: str = "results"
+    split_seed: Int(ge=0) = Field(0, description="seed of the train/val split (shared by all run_ids)")
+
+    @field_validator("run_ids")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("run ids must be unique")
+        return v
+
+
+class CsvOptions(_Section):
+    """data.csv_options: columns of data.csv."""
+
+    file_column: str = "file"
+    label_column: str = "label"
+    split_column: str | None = "split"
+    image_root: str | None = Field(None, description="folder the file column is relative to (default: the CSV's folder)")
+    class_names: list[str] | None = Field(None, description=".npz: names of label indices")
+
+
+class Normalization(_Section):
+    """data.normalization: intensity normalization of every image."""
+
+    type: Literal["zscore", "percentile", "scale_range", "none"] = "zscore"
+    per_image: bool = Field(False, description="statistics per image instead of the train-set statistics")
+    percentiles: list[Num(ge=0, le=100)] = Field([1.0, 99.8], min_length=2, max_length=2)
+
+
+class Sampling(_Section):
+    """data.sampling: how training patches are drawn (segmentation)."""
+
+    foreground_bias: Num(ge=0, le=1) = Field(0.0, description="segmentation: fraction of patches centred on foreground")
+    save_probability_maps: bool = False
+    patches_per_image: Int(ge=1) = 8
+
+
+class Data(_Section):
+    """data: where the images are and how they are read."""
+
+    train: str | None = Field(None, description="classification: class folders; segmentation: folder with x/ and y/")
+    val: str | None = None
+    val_split: Num(ge=0, lt=1) = 0.1
+    test: str | None = None
+    test_has_labels: bool = True
+    csv: str | None = Field(None, description="CSV or MedMNIST .npz turned into class folders first")
+    csv_options: CsvOptions = section(CsvOptions)
+    channels: Int(ge=1) = 1
+    channel_axis: Literal["auto", "first", "last"] = Field(
+        "auto", description="where the channel axis is in the files; auto: last unless a small leading axis "
+                            "matches channels")
+    patch_size: list[Int(ge=1)] = Field([256, 256], min_length=2, max_length=3)
+    mask_transform: Literal["none", "foreground", "boundary_interior"] = Field(
+        "none", description="segmentation: none = masks already hold class ids; foreground = mask > 0; "
+                            "boundary_interior = background / boundary / interior from instance labels")
+    resize: Literal["resize", "crop_pad"] = Field(
+        "resize", description="classification: images whose size differs from patch_size")
+    labels_csv: str | None = Field(
+        None, description="multi-label: CSV with a file column and one 0/1 column per label")
+    metadata_csv: str | None = Field(
+        None, description="CSV with a file column and numeric feature columns fused into the head")
+    normalization: Normalization = section(Normalization)
+    sampling: Sampling = section(Sampling)
+
+
+class Model(_Section):
+    """model: the network."""
+
+    architecture: str = Field(description="any registered name; an unknown one lists the valid names")
+    n_classes: Int(ge=1) = 2
+    multilabel: bool = False
+    pretrained: bool = False
+    weights: str | None = Field(None, description="local file of weights to load")
+    encoder: str = Field("resnet18", description="smp encoder (2D segmentation)")
+    features: list[Int(ge=1)] = Field([16, 32, 64, 128], min_length=2, description="3D U-Net / 3D CNN widths")
+    residual: bool = False
+    dropout: Num(ge=0, le=1) = 0.0
+    dense_units: list[Int(ge=1)] = Field([], description="dense + dropout blocks before the classifier")
+    metadata_units: list[Int(ge=1)] = Field([64], description="dense + dropout blocks after fusing metadata")
+    kwargs: dict[str, Any] = Field({}, description="extra keyword arguments passed to the model constructor")
+
+
+class Augmentation(_Section):
+    """train.augmentation: random transforms of training samples."""
+
+    enabled: bool = True
+    flips: bool = True
+    rot90: bool = True
+    affine: bool = False
+    brightness_contrast: bool = False
+    gaussian_noise: bool = False
+    probability: Num(ge=0, le=1) = 0.5
+
+
+class Train(_Section):
+    """train: optimisation."""
+
+    epochs: Int(ge=1) = 100
+    patience: Int(ge=0) = 20
+    batch_size: Int(ge=1) = 32
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: Num(gt=0) = 1.0e-4
+    weight_decay: Num(ge=0) = 1.0e-4
+    momentum: Num(ge=0, le=1) = 0.9
+    scheduler: Literal["none", "reduce_on_plateau", "one_cycle", "warmup_cosine"] = "warmup_cosine"
+    warmup_epochs: Int(ge=0) = 2
+    loss: Literal["ce", "focal", "bce", "dice", "ce_dice"] = "ce"
+    loss_weights: list[Num(ge=0)] = Field([0.5, 0.5], min_length=2, max_length=2,
+                                          description="ce_dice: weights of CE and Dice")
+    class_weights: None | Literal["auto"] | list[Num(ge=0)] = None
+    ignore_index: int | None = None
+    focal_gamma: Num(ge=0) = 2.0
+    monitor: str | None = Field(
+        None, description="validation metric for best checkpoint / early stopping (default: per workflow)")
+    max_time_minutes: Num(gt=0) | None = Field(None, description="stop training after this wall time")
+    steps_per_epoch: Int(ge=1) | None = None
+    num_workers: Int(ge=0) = 0
+    precision: Literal["32", "16-mixed", "bf16-mixed", "auto"] = "auto"
+    devices: Literal["auto"] | Int(ge=1) = "auto"
+    strategy: str = "auto"
+    n_sample_images: Int(ge=0) = 4
+    augmentation: Augmentation = section(Augmentation)
+
+
+class Inference(_Section):
+    """inference: prediction on the test set."""
+
+    overlap: Num(ge=0, le=0.95) = Field(0.25, description="fraction of the tile shared with its neighbour")
+    padding: Int(ge=0) = Field(16, description="context pixels discarded at tile borders")
+    blending: Literal["gaussian", "constant"] = "gaussian"
+    tta: bool = False
+    argmax: bool = True
+    batch_size: Int(ge=1) = 8
+    full_image: bool = Field(
+        True, description="segmentation: also predict whole images without tiling when they fit")
+    binarize_threshold: Num(ge=0, le=1) = 0.5
+    memory_budget_mb: Num(gt=0) = Field(2048, description="volumes larger than this are processed chunk by chunk")
+
+
+class Postprocess(_Section):
+    """postprocess: filters of the predicted 3D masks."""
+
+    z_filter: Int(ge=0) = Field(0, description="median size along z; 0 = off")
+    yz_filter: Int(ge=0) = 0
+
+
+class Patches(_Section):
+    """patches: the patch_classification workflow's patch dataset."""
+
+    size: list[Int(ge=1)] = Field([64, 64], min_length=2, max_length=3)
+    stride: list[Int(ge=1)] | None = None
+    min_defect_fraction: Num(ge=0, le=1) = 0.05
+
+
+class Metrics(_Section):
+    """metrics: evaluation on the test set."""
+
+    bootstrap: Int(ge=0) = Field(
+        1000, description="bootstrap resamples for 95% confidence intervals; 0 = off")
+
+
+class Report(_Section):
+    """report: the HTML report."""
+
+    title: str | None = None
+    max_charts: Int(ge=0) = Field(12, description="charts shown per run")
+
+
+class Config(_Section):
+    """bioflow experiment configuration (one YAML per experiment).
+
+    Defaults are filled in by bioflow.config.load and by the Snakefile, so a config only states
+    what it changes. Unknown keys are rejected to catch typos.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="bioflow experiment config")
+
+    experiment: Experiment
+    data: Data
+    model: Model
+    train: Train = section(Train)
+    inference: Inference = section(Inference)
+    postprocess: Postprocess = section(Postprocess)
+    patches: Patches = section(Patches)
+    metrics: Metrics = section(Metrics)
+    report: Report = section(Report)
