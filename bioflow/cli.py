@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "check":
             import yaml
 
-            cfg = config.load(args.config)
+            from bioflow import workflows
+            cfg = workflows.load(args.config)
             if not args.quiet:
                 sys.stdout.write(yaml.safe_dump(cfg, sort_keys=False))
             sys.stderr.write(f"{args.config}: valid\n")

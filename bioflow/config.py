@@ -241,36 +241,19 @@ def validate(cfg: dict, source: str | Path = "config") -> dict:
 
 
 def _check_semantics(cfg: dict, source) -> None:
-    """Rules a JSON schema cannot express neatly: cross-key consistency."""
+    """Cross-key rules every workflow shares (each workflow adds its own in
+    ``Workflow.check_config``; ``bioflow.workflows.validate_config`` runs both)."""
     problems = []
     ndim = cfg["experiment"]["ndim"]
-    wf = cfg["experiment"]["workflow"]
     if not cfg["data"]["train"] and not cfg["data"]["csv"]:
         problems.append("data.train: missing; give the training folder (or data.csv for a CSV / .npz)")
     if len(cfg["data"]["patch_size"]) != ndim:
         problems.append(f"data.patch_size: has {len(cfg['data']['patch_size'])} values but "
                         f"experiment.ndim is {ndim}; give [y, x] in 2D or [z, y, x] in 3D")
-    pad = cfg["inference"]["padding"]
-    if wf == "semantic_segmentation" and 2 * pad >= min(cfg["data"]["patch_size"]):
-        # Caught here, not at inference time after training: tiles keep no core otherwise.
-        problems.append(f"inference.padding: {pad} leaves no tile core for data.patch_size "
-                        f"{cfg['data']['patch_size']}; use a padding below half the smallest patch side")
-    if cfg["model"]["multilabel"] and not cfg["data"]["labels_csv"]:
-        problems.append("model.multilabel: true needs data.labels_csv (one 0/1 column per label)")
-    if cfg["model"]["multilabel"] and wf != "classification":
-        problems.append("model.multilabel: only the classification workflow is multi-label")
-    if wf == "semantic_segmentation" and cfg["model"]["n_classes"] < 2:
-        problems.append("model.n_classes: segmentation needs at least 2 (background + foreground)")
-    if wf == "classification" and not cfg["model"]["multilabel"] and cfg["model"]["n_classes"] < 2:
-        problems.append("model.n_classes: single-label classification needs at least 2 classes")
     cw = cfg["train"]["class_weights"]
     if isinstance(cw, list) and len(cw) != cfg["model"]["n_classes"]:
         problems.append(f"train.class_weights: {len(cw)} weights for model.n_classes="
                         f"{cfg['model']['n_classes']}; give one per class or 'auto'")
-    if cfg["data"]["csv"] and wf != "classification":
-        problems.append("data.csv: CSV / .npz input is for the classification workflow")
-    if cfg["data"]["metadata_csv"] and wf != "classification":
-        problems.append("data.metadata_csv: metadata fusion is for the classification workflow")
     if problems:
         raise BioflowError(f"{source}: invalid config", problems)
 

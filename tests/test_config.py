@@ -64,8 +64,10 @@ def test_user_values_are_kept():
       "inference": {"padding": 8}}, "inference.padding: 8 leaves no tile core"),
 ])
 def test_bad_values_name_the_key(overrides, needle):
+    # the schema's checks plus the workflow's own (what the Snakefile and `bioflow check` run)
+    from bioflow.workflows import validate_config
     with pytest.raises(BioflowError) as err:
-        config.validate(_cfg(**overrides))
+        validate_config(_cfg(**overrides))
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -221,3 +223,8 @@ def test_more_errors_name_the_key(overrides, needle):
     with pytest.raises(BioflowError) as err:
         config.validate(_cfg(**overrides))
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_schema_lists_exactly_the_registered_workflows():
+    from bioflow import workflows
+    assert sorted(config.WORKFLOWS) == workflows.names()

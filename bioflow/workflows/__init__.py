@@ -19,7 +19,7 @@ from bioflow.workflows.classification import Classification
 from bioflow.workflows.patch_classification import PatchClassification
 from bioflow.workflows.segmentation import SemanticSegmentation
 
-__all__ = ["Workflow", "stage", "register", "get", "names", "validate_config", "run_stage"]
+__all__ = ["Workflow", "stage", "register", "get", "names", "validate_config", "load", "run_stage"]
 
 log = logging.getLogger("bioflow")
 
@@ -57,6 +57,13 @@ def validate_config(cfg: dict, source="config") -> Workflow:
     if problems:
         raise BioflowError(f"{source}: invalid config", problems)
     return wf
+
+
+def load(path, overrides: dict | None = None) -> dict:
+    """Read, validate and check an experiment YAML (schema + the workflow's own checks)."""
+    cfg = bfconfig.load(path, overrides)
+    validate_config(cfg, source=path)
+    return cfg
 
 
 def run_stage(snakemake, stage_name: str) -> None:

@@ -41,7 +41,8 @@ class PatchClassification(Workflow):
             problems.append("model.multilabel: only the classification workflow is multi-label")
         for key in ("csv", "metadata_csv"):
             if cfg["data"][key]:
-                problems.append(f"data.{key}: CSV input is for the classification workflow")
+                problems.append(f"data.{key}: CSV input is for the classification workflow; give "
+                                f"data.train as image folders with defect masks")
         return problems
 
     def classes(self, cfg, train_root):
