@@ -59,6 +59,8 @@ class Workflow:
     has_masks: ClassVar[bool] = False
     # keys a workflow's version of a shared stage reads besides the shared ones
     extra_keys: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # stages whose results depend on the code: a new bioflow version reruns them
+    code_versioned: ClassVar[tuple[str, ...]] = ("train", "predict", "postprocess", "metrics", "report")
 
     # --- the interface the Snakefile uses ----------------------------------------------
 

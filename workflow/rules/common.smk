@@ -29,10 +29,11 @@ ALL_CORES = workflow.resource_settings.cores or 1
 
 def stage_params(stage, **extra):
     """``params:`` of a rule: the stage's config slice (tracked: a change reruns the stage),
-    its runtime keys (untracked), the workflow name and the code version (a new bioflow
-    version reruns what it computes)."""
+    its runtime keys (untracked), the workflow name and, for the stages that compute results,
+    the code version (a new bioflow version reruns them; not the cheap preparation)."""
+    versioned = {"version": VERSION} if stage in WF.code_versioned else {}
     return dict(cfg=WF.params(stage, config), runtime=WF.runtime(stage, config), workflow=WF.name,
-                version=VERSION, **extra)
+                **versioned, **extra)
 
 
 def inputs(stage, run_id="{run_id}"):
