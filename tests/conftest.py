@@ -28,6 +28,11 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+# a registered model of each workflow (validation checks the name)
+DEFAULT_ARCHITECTURE = {"classification": "simple_cnn", "semantic_segmentation": "unet_nd",
+                        "patch_classification": "resnet18"}
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     """``make_cfg(workflow, **sections)`` -> validated config with result_dir under tmp_path.
@@ -40,7 +45,7 @@ def make_cfg(tmp_path):
     def _make(workflow: str = "classification", **sections) -> dict:
         base = {"experiment": {"name": "test", "workflow": workflow,
                                "result_dir": str(tmp_path / "results")},
-                "data": {}, "model": {"architecture": "resnet18"}}
+                "data": {}, "model": {"architecture": DEFAULT_ARCHITECTURE[workflow]}}
         return validate(deep_update(base, copy.deepcopy(sections)))
 
     return _make

@@ -105,11 +105,11 @@ def test_channel_mismatch_and_bad_type():
 
 
 def test_norm_stats_stage_on_demo_segmentation(make_cfg, demo_data, tmp_path):
-    from bioflow.data.validate import run as validate
+    from helpers_stages import validate_run
     cfg = make_cfg("semantic_segmentation",
                    data={"train": str(demo_data / "dsb2018" / "train"), "mask_transform": "foreground"})
-    manifest = tmp_path / "manifest.json"
-    validate(cfg, manifest)
+    validate_run(cfg, tmp_path / "manifest.json")
+    manifest = tmp_path / "manifest" / "manifest_train.json"
     paths = [tmp_path / n for n in ("norm.json", "mean.npy", "std.npy")]
     stats = nz.run(cfg, manifest, *paths)
     assert json.loads(paths[0].read_text())["mean"] == stats["mean"]

@@ -118,10 +118,11 @@ def test_time_limit_stops_and_shortens_the_schedule(tmp_path):
 
 
 def test_config_hash_ignores_duration_keys_only():
-    base = {"experiment": {"name": "a", "run_ids": [1]}, "data": {}, "model": {"architecture": "x"},
-            "train": {"epochs": 2, "lr": 1e-3, "patience": 3}}
+    # a train slice (run_ids, test set, inference are never in it: tests/test_stage_contract.py)
+    base = {"experiment": {"ndim": 2}, "data": {}, "model": {"architecture": "x"},
+            "train": {"epochs": 2, "lr": 1e-3, "patience": 3, "num_workers": 0}}
     other = json.loads(json.dumps(base))
-    other["train"]["epochs"], other["train"]["patience"], other["experiment"]["run_ids"] = 9, 1, [1, 2]
+    other["train"]["epochs"], other["train"]["patience"], other["train"]["num_workers"] = 9, 1, 2
     assert engine.config_hash(base) == engine.config_hash(other)
     other["train"]["lr"] = 1e-4
     assert engine.config_hash(base) != engine.config_hash(other)
