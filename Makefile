@@ -1,11 +1,12 @@
 # The two set-up commands of the README. Both install what they need on a fresh machine.
 #   make demo   -> install bioflow, run the demo pipeline, open results/demo_pneumonia/report.html
 #   make test   -> install bioflow + test extras + SLURM (Debian packages), run the test suite
+#   make test-fast -> the unit tests alone (no end-to-end runs), under 2 minutes
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 CORES ?= all
 
-.PHONY: install install-test system-deps demo test
+.PHONY: install install-test system-deps demo test test-fast
 
 install:
 	$(PIP) install -e .
@@ -24,3 +25,7 @@ demo: install
 
 test: system-deps install-test
 	$(PYTHON) -m pytest -ra --durations=15
+
+# Unit tests only (no Snakemake runs, no SLURM, no training beyond a few steps): under 2 minutes.
+test-fast: install-test
+	$(PYTHON) -m pytest -ra -m "not e2e" --durations=10

@@ -81,3 +81,16 @@ def nuclei3d_folders(tmp_path) -> Path:
     root = tmp_path / "nuclei3d"
     shutil.copytree(DEMO / "nuclei3d", root)
     return root
+
+
+# --- fast / end-to-end split ----------------------------------------------------------------
+# End-to-end: runs Snakemake in a subprocess, a SLURM cluster, DDP processes, or trains beyond a
+# few steps. `make test-fast` runs the rest (unit tests, < 2 min on 2 cores); `make test` all.
+E2E_MODULES = {"test_dag", "test_workflow_e2e", "test_slurm", "test_ddp", "test_snakefile",
+               "test_config_snakemake"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in E2E_MODULES or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.e2e)
