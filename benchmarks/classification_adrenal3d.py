@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """AdrenalMNIST3D-64 (64^3 binary adrenal shapes, normal vs mass) with the classification_3d template.
 
-Data: /work/shared/data/adrenalmnist3d_64/adrenalmnist3d_64.npz (train 929 / 259, val 76 / 22,
+Data: ../shared/data/ (beside the repository; BIOFLOW_SHARED_DATA overrides) adrenalmnist3d_64/adrenalmnist3d_64.npz (train 929 / 259, val 76 / 22,
 test 229 / 69). Target: test AUC >= 0.90 within the template's 15 minutes of training on 2
 CPU cores.
 
@@ -11,9 +11,9 @@ CPU cores.
 import os
 from pathlib import Path
 
-from classification_common import main
+from classification_common import REPO, main
 
-DATA = Path(os.environ.get("BIOFLOW_SHARED_DATA", "/work/shared/data")) / "adrenalmnist3d_64" / "adrenalmnist3d_64.npz"
+DATA = Path(os.environ.get("BIOFLOW_SHARED_DATA", REPO.parent / "shared" / "data")) / "adrenalmnist3d_64" / "adrenalmnist3d_64.npz"
 
 OVERRIDES = {  # only paths, channels, class count and patch size differ from the template
     "data": {"csv": str(DATA), "train": None, "val": None, "test": None, "channels": 1,

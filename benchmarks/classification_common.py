@@ -19,43 +19,40 @@ sys.path.insert(0, str(REPO))
 
 def template_cfg(template: str, overrides: dict) -> dict:
     import yaml
-    from bioflow.config import deep_update, validate
+    from bioflow.config import deep_update
+    from bioflow.workflows import validate_config
     tmpl = yaml.safe_load((REPO / "config" / "templates" / template).read_text())
-    return validate(deep_update(tmpl, overrides), source=template)
+    cfg = deep_update(tmpl, overrides)
+    validate_config(cfg, source=template)
+    return cfg
 
 
 def run_pipeline(cfg: dict, run_id: int = 1) -> dict:
-    from bioflow.config import output_root, run_dir
-    from bioflow.data import normalization, validate
-    from bioflow.prepare import csv_to_folders
-    from bioflow.workflows import stage_function
+    """Every stage on its own config slice and standard paths, as the Snakemake rules run them."""
+    from bioflow import workflows
+    from bioflow.layout import Layout
 
-    wf = cfg["experiment"]["workflow"]
-    root = output_root(cfg)
-    prep = root / "prepared"
+    wf = workflows.get(cfg["experiment"]["workflow"])
     t = {}
     t0 = time.time()
-    csv_to_folders.run(cfg, prep / "folders")
-    validate.run(cfg, prep / "manifest.json")
-    normalization.run(cfg, prep / "manifest.json", prep / "normalization.json",
-                      prep / "norm_mean.npy", prep / "norm_std.npy")
+    for stage in ("csv_to_folders", "validate_train", "validate_test", "norm_stats"):
+        if wf.runs(stage, cfg):
+            wf.call(stage, cfg)
     t["prepare_s"] = time.time() - t0
-    ckpt = root / "checkpoints" / f"{cfg['experiment']['name']}_{run_id}-best.ckpt"
-    rd = run_dir(cfg, run_id)
     t0 = time.time()
-    summary = stage_function("train", wf)(cfg, run_id, prep / "manifest.json", prep / "normalization.json", ckpt, rd)
+    summary = wf.call("train", cfg, run_id=run_id)
     t["train_stage_s"] = time.time() - t0
     t0 = time.time()
-    stage_function("predict", wf)(cfg, run_id, ckpt, prep / "manifest.json", prep / "normalization.json", rd)
+    wf.call("predict", cfg, run_id=run_id)
     t["predict_s"] = time.time() - t0
-    metrics = stage_function("metrics", wf)(cfg, run_id, prep / "manifest.json", rd)
+    metrics = wf.call("metrics", cfg, run_id=run_id)
     return {"summary": summary, "metrics": metrics, "timing": {k: round(v, 1) for k, v in t.items()},
-            "run_dir": str(rd)}
+            "run_dir": Layout.of(cfg).run_dir(run_id)}
 
 
 def main(name: str, template: str, overrides: dict, targets: dict):
     ap = argparse.ArgumentParser(description=f"{name} classification benchmark")
-    ap.add_argument("--out", default=f"/tmp/bioflow_bench/{name}", help="result_dir")
+    ap.add_argument("--out", default=f"/tmp/bioflow_bench/{name}", help="result_dir (outputs go there)")
     ap.add_argument("--baseline", action="store_true",
                     help="the same pipeline with augmentation off (and so no TTA)")
     ap.add_argument("--threads", type=int, default=2)

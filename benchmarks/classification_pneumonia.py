@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """PneumoniaMNIST (28x28 chest X-rays, normal vs pneumonia) with the classification_2d template.
 
-Data: /work/shared/data/pneumoniamnist/pneumoniamnist.npz (train 388 normal / 3494
+Data: ../shared/data/ (beside the repository; BIOFLOW_SHARED_DATA overrides) pneumoniamnist/pneumoniamnist.npz (train 388 normal / 3494
 pneumonia, val 135 / 389, official test 234 / 390). Target: test accuracy >= 0.88 and AUC
 >= 0.95 within the template's 10 minutes of training on 2 CPU cores.
 
@@ -11,9 +11,9 @@ pneumonia, val 135 / 389, official test 234 / 390). Target: test accuracy >= 0.8
 import os
 from pathlib import Path
 
-from classification_common import main
+from classification_common import REPO, main
 
-DATA = Path(os.environ.get("BIOFLOW_SHARED_DATA", "/work/shared/data")) / "pneumoniamnist" / "pneumoniamnist.npz"
+DATA = Path(os.environ.get("BIOFLOW_SHARED_DATA", REPO.parent / "shared" / "data")) / "pneumoniamnist" / "pneumoniamnist.npz"
 
 OVERRIDES = {  # only paths, channels, class count and patch size differ from the template
     "data": {"csv": str(DATA), "train": None, "val": None, "test": None, "channels": 1,

@@ -58,7 +58,8 @@ def build_folders(work: Path) -> Path:
 
 
 def make_cfg(work: Path, data: Path, minutes: float) -> dict:
-    from bioflow.config import deep_update, validate
+    from bioflow.config import deep_update
+    from bioflow.workflows import validate_config
     tpl = yaml.safe_load((REPO / "config/templates/semseg_2d.yaml").read_text())
     cfg = deep_update(tpl, PROPOSED)
     cfg = deep_update(cfg, {
@@ -67,7 +68,8 @@ def make_cfg(work: Path, data: Path, minutes: float) -> dict:
                  "mask_transform": "foreground"},
         "model": {"n_classes": 2},
         "train": {"max_time_minutes": minutes}})
-    return validate(cfg)
+    validate_config(cfg)
+    return cfg
 
 
 class Snapshots(threading.Thread):
@@ -92,12 +94,15 @@ class Snapshots(threading.Thread):
             self.stop.wait(3)
 
 
-def score(cfg, ckpt, manifest, norm, run_dir) -> dict:
-    from bioflow.inference.segmentation import predict
-    from bioflow.metrics.segmentation import evaluate
+def score(cfg, ckpt, run_id) -> dict:
+    """predict + metrics on their config slices, for ``ckpt`` into run ``run_id``'s folder."""
+    from bioflow import workflows
+    wf = workflows.get(cfg["experiment"]["workflow"])
     t = time.time()
-    predict(cfg, 1, ckpt, manifest, norm, run_dir)
-    r = evaluate(cfg, 1, manifest, run_dir)
+    job = wf.job("predict", cfg, run_id)
+    job.input["ckpt"] = str(ckpt)
+    wf.call("predict", cfg, job)
+    r = wf.call("metrics", cfg, run_id=run_id)
     return {"iou_pooled_per_image": r["iou"]["per_image"]["foreground_pooled"],
             "iou_pooled_full_image": r["iou"]["full_image"]["foreground_pooled"],
             "iou_mean_per_image": r["iou"]["per_image"]["foreground"],
@@ -162,30 +167,29 @@ def main(argv=None):
     ap.add_argument("--minutes", type=float, default=15)
     ap.add_argument("--marks", default="5,10")
     ap.add_argument("--baseline-minutes", type=float, default=5)
-    ap.add_argument("--work", default="/tmp/bioflow_bench/dsb2018")
+    ap.add_argument("--work", default="/tmp/bioflow_bench/dsb2018", help="output folder")
     ap.add_argument("--out", default=None, help="JSON with the results (default: <work>/results.json)")
     a = ap.parse_args(argv)
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(2)
-    from bioflow.config import output_root, run_dir as rdir
-    from bioflow.data import normalization, validate
-    from bioflow.training.segmentation import train
+    from bioflow import workflows
+    from bioflow.layout import Layout
 
     work = Path(a.work)
     data = build_folders(work)
     cfg = make_cfg(work, data, a.minutes)
-    root = output_root(cfg)
+    wf = workflows.get(cfg["experiment"]["workflow"])
+    root = Path(Layout.of(cfg).root)
     shutil.rmtree(root, ignore_errors=True)
-    man, norm = root / "prepared/manifest.json", root / "prepared/normalization.json"
-    validate.run(cfg, man)
-    normalization.run(cfg, man, norm, root / "prepared/norm_mean.npy", root / "prepared/norm_std.npy")
+    for stage in ("validate_train", "validate_test", "norm_stats"):
+        wf.call(stage, cfg)
     ckpt = root / "checkpoints" / "dsb2018_1-best.ckpt"
     t0 = time.time()
     shutil.rmtree(work / "snapshots", ignore_errors=True)
     snap = Snapshots(root / "checkpoints" / "dsb2018_1" / "last.ckpt", work / "snapshots", t0)
     snap.start()
-    summary = train(cfg, 1, man, norm, ckpt, rdir(cfg, 1))
+    summary = wf.call("train", cfg, run_id=1)
     snap.stop.set(); snap.join()
     train_wall = time.time() - t0
     res = {"machine": f"{os.cpu_count()} CPU cores (shared), torch threads 2, no GPU",
@@ -198,9 +202,9 @@ def main(argv=None):
             res["marks"][f"{mark:g}min"] = None
             continue
         t, p = before[-1]
-        r = score(cfg, p, man, norm, rdir(cfg, f"snap{int(mark)}"))
+        r = score(cfg, p, 1000 + int(mark))  # run folder dsb2018_10<mark>
         res["marks"][f"{mark:g}min"] = {"checkpoint_at_s": t, **r}
-    res["marks"][f"{a.minutes:g}min_best"] = {"checkpoint_at_s": train_wall, **score(cfg, ckpt, man, norm, rdir(cfg, 1))}
+    res["marks"][f"{a.minutes:g}min_best"] = {"checkpoint_at_s": train_wall, **score(cfg, ckpt, 1)}
     if a.baseline_minutes > 0:
         res["baseline"] = baseline(data, a.baseline_minutes)
     out = Path(a.out) if a.out else work / "results.json"

@@ -44,19 +44,16 @@ def build_folders(work: Path) -> Path:
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--work", default="/tmp/bioflow_bench/nuclei3d")
+    ap.add_argument("--work", default="/tmp/bioflow_bench/nuclei3d", help="output folder")
     ap.add_argument("--z-filter", type=int, default=5)
     ap.add_argument("--minutes", type=float, default=None, help="override train.max_time_minutes (default: template)")
     a = ap.parse_args(argv)
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(2)
-    from bioflow import postprocess
-    from bioflow.config import deep_update, output_root, run_dir, validate
-    from bioflow.data import normalization, validate as vd
-    from bioflow.inference.segmentation import predict
-    from bioflow.metrics.segmentation import evaluate
-    from bioflow.training.segmentation import train
+    from bioflow import workflows
+    from bioflow.config import deep_update
+    from bioflow.layout import Layout
 
     work = Path(a.work)
     data = build_folders(work)
@@ -67,23 +64,22 @@ def main(argv=None):
             "model": {"n_classes": 2}}
     if a.minutes:
         over["train"] = {"max_time_minutes": a.minutes}
-    cfg = validate(deep_update(deep_update(tpl, PROPOSED), over))
-    root = output_root(cfg)
-    shutil.rmtree(root, ignore_errors=True)
-    man, norm = root / "prepared/manifest.json", root / "prepared/normalization.json"
-    vd.run(cfg, man)
-    normalization.run(cfg, man, norm, root / "prepared/norm_mean.npy", root / "prepared/norm_std.npy")
-    rd = run_dir(cfg, 1)
-    ckpt = root / "checkpoints" / "nuclei3d_1-best.ckpt"
+    cfg = deep_update(deep_update(tpl, PROPOSED), over)
+    cfg = deep_update(cfg, {"postprocess": {"z_filter": a.z_filter}})
+    wf = workflows.validate_config(cfg)
+    shutil.rmtree(Layout.of(cfg).root, ignore_errors=True)
+    # every stage on its own config slice, as the Snakemake rules run them
+    for stage in ("validate_train", "validate_test", "norm_stats"):
+        wf.call(stage, cfg)
     t0 = time.time()
-    summary = train(cfg, 1, man, norm, ckpt, rd)
+    summary = wf.call("train", cfg, run_id=1)
     t_train = time.time() - t0
     t0 = time.time()
-    predict(cfg, 1, ckpt, man, norm, rd)
+    wf.call("predict", cfg, run_id=1)
     t_pred = time.time() - t0
-    pcfg = deep_update(cfg, {"postprocess": {"z_filter": a.z_filter}})
-    postprocess.run(pcfg, rd / "per_image", rd / "full_post_processing")
-    r = evaluate(pcfg, 1, man, rd)
+    if a.z_filter:
+        wf.call("postprocess", cfg, run_id=1)
+    r = wf.call("metrics", cfg, run_id=1)
     res = {"machine": f"{os.cpu_count()} CPU cores (shared), torch threads 2, no GPU",
            "config_overrides_vs_template": {**PROPOSED, **({"train": {"max_time_minutes": a.minutes}} if a.minutes else {})},
            "train_s": round(t_train, 1), "predict_s": round(t_pred, 1), "train_summary": summary,
