@@ -8,7 +8,8 @@ import pytest
 from sklearn import metrics as skm
 
 from bioflow.metrics.classification import (binary_auc, bootstrap_ci, classification_metrics, evaluate,
-                                            macro_auc, metric_functions, multilabel_metrics)
+                                            macro_auc, multilabel_metrics)
+from bioflow.training.classification import metric_functions
 
 
 def _data(n=60, c=3, seed=0):

@@ -37,14 +37,6 @@ def test_patch_start_keeps_centre_inside():
     assert sd.patch_start((5, 50, 50), (10, 100, 100), (8, 32, 32)) == (1, 34, 34)
 
 
-def test_pad_min_reflects_small_images():
-    img = np.arange(12, dtype=np.float32).reshape(3, 4, 1)
-    mask = (img[..., 0] > 5).astype(np.uint8)
-    pi, pm = sd.pad_min(img, mask, (5, 4))
-    assert pi.shape == (5, 4, 1) and pm.shape == (5, 4)
-    assert np.array_equal(pi[3], img[1]) and np.array_equal(pm[4], mask[0])
-
-
 def test_to_channels():
     rgb = np.zeros((4, 4, 3), np.uint8)
     rgb[..., 0] = 100

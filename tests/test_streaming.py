@@ -7,6 +7,7 @@ import pytest
 import tifffile
 import torch
 
+from bioflow.geometry import pad_indices
 from bioflow.inference import segmentation as seg, streaming, tiling
 from bioflow.models.segmentation import UNetND
 
@@ -75,8 +76,8 @@ def test_peak_memory_bounded_when_streaming(tmp_path):
     tifffile.imwrite(path, np.random.default_rng(0).random(shape).astype(np.float32))
     src = streaming.open_rows(path, 3, 1)
     plan = tiling.plan_tiles(shape, tile, 0.25, 2)
-    idx0 = tiling.pad_indices(shape[0], *plan.pad_width[0])
-    rest = [tiling.pad_indices(n, *pw) for n, pw in zip(shape[1:], plan.pad_width[1:])]
+    idx0 = pad_indices(shape[0], *plan.pad_width[0])
+    rest = [pad_indices(n, *pw) for n, pw in zip(shape[1:], plan.pad_width[1:])]
 
     def reader(a, b):
         rows = idx0[a:b]

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bioflow.models.checkpoint import load_model_from_checkpoint
 from bioflow.training import engine, optim
 
 
@@ -86,7 +87,7 @@ def test_fit_writes_checkpoint_logs_charts_and_resumes(tmp_path):
     # the checkpoint alone rebuilds the model (no optimizer state in the declared copy)
     ck = torch.load(best, weights_only=False)
     assert "optimizer_states" not in ck and ck["hyper_parameters"]["class_names"] == ["a", "b"]
-    model, hp = engine.load_model_from_checkpoint(best)
+    model, hp = load_model_from_checkpoint(best)
     assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 2)
 
     # a "killed" run: the declared output is gone; rerun with more epochs resumes at epoch 2

@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from bioflow.data.augment import augment
+from bioflow.data.manifest import read_entry_image
+from bioflow.data.normalization import normalize
 from bioflow.errors import BioflowError
 
 log = logging.getLogger(__name__)
@@ -82,7 +85,6 @@ def fit_to_size(image: np.ndarray, size: Sequence[int], mode: str = "resize") ->
 
 def preprocess(image: np.ndarray, stats: dict | None, data_cfg: dict) -> np.ndarray:
     """A ``(z,)y,x,c`` image as stored -> normalized ``(C, *patch_size)`` float32."""
-    from bioflow.data.normalization import normalize
     x = normalize(image, stats, data_cfg.get("normalization") or {})
     x = np.moveaxis(x, -1, 0)
     return fit_to_size(x, data_cfg["patch_size"], data_cfg.get("resize", "resize"))
@@ -115,7 +117,6 @@ class ClassificationDataset(Dataset):
 
     def load(self, i: int) -> np.ndarray:
         """The preprocessed (not augmented) image; cached while the budget allows."""
-        from bioflow.data.manifest import read_entry_image
         e = self.entries[i]
         key = (e["path"],) + self._key
         x = _CACHE.get(key)
@@ -137,7 +138,6 @@ class ClassificationDataset(Dataset):
     def __getitem__(self, i):
         x = self.load(i)
         if self.aug_cfg is not None:
-            from bioflow.training.augment import augment
             # seed from torch's generator: seeded per run (and per worker) by Lightning
             rng = np.random.default_rng(int(torch.randint(0, 2 ** 31 - 1, (1,)).item()))
             x, _ = augment(x, None, self.aug_cfg, rng)
@@ -172,7 +172,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         if data_cfg.get("metadata_csv") and metadata is None:
             metadata = metadata_stats(sp.get("train", []))
             if metadata is None:
-                raise BioflowError(f"data.metadata_csv: train images lack metadata in the manifest; "
+                raise BioflowError("data.metadata_csv: train images lack metadata in the manifest; "
                                    f"rerun validate_dataset")
         self.metadata = metadata
         mm, ms = (metadata if metadata else (None, None))

@@ -21,14 +21,26 @@ the in-memory one. Needs only the checkpoint and the normalization statistics.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import tifffile
 import torch
 
+from bioflow.data.augment import predict_tta, tta_flags
+from bioflow.data.manifest import entries, load_manifest, relative_name
+from bioflow.data.normalization import compute_stats, load_stats, normalize
+from bioflow.data.segmentation import check_mask, read_mask, to_channels
 from bioflow.errors import BioflowError
+from bioflow.geometry import pad_indices, pad_min
 from bioflow.inference import streaming, tiling
+from bioflow.io import atomic_path, write_json
+from bioflow.metrics.segmentation import confusion_counts
+from bioflow.models.checkpoint import load_model_from_checkpoint
+from bioflow.models.segmentation import size_divisor
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +54,20 @@ def device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def make_predict_fn(model, ndim: int, tta: bool = False):
-    """``(B, *spatial, c)`` float32 numpy -> ``(B, *spatial, K)`` softmax probabilities."""
+def make_predict_fn(model, tta: dict | None = None):
+    """``(B, *spatial, c)`` float32 numpy -> ``(B, *spatial, K)`` softmax probabilities;
+    ``tta``: :func:`~bioflow.data.augment.tta_flags` of the training augmentation, or None."""
     dev = device_of(model)
+
+    def probs(x):
+        return torch.softmax(model(x).float(), dim=1)
 
     def run(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(batch, -1, 1))).to(dev)
         with torch.inference_mode():
-            p = torch.softmax(model(x).float(), dim=1)
+            p = predict_tta(probs, x, tta, dense=True)
         return np.moveaxis(p.cpu().numpy(), 1, -1)
 
-    if tta:
-        return lambda batch: tiling.apply_tta(batch, run, ndim)
     return run
 
 
@@ -79,7 +93,7 @@ def pad_to_divisor(image: np.ndarray, div: int) -> np.ndarray:
     for ax, n in enumerate(image.shape[:-1]):
         extra = (-n) % div
         if extra:
-            out = np.take(out, tiling.pad_indices(n, 0, extra), axis=ax)
+            out = np.take(out, pad_indices(n, 0, extra), axis=ax)
     return out
 
 
@@ -93,8 +107,6 @@ def predict_whole(image: np.ndarray, predict_fn, div: int) -> np.ndarray:
 def patch_counts(image: np.ndarray, mask: np.ndarray, predict_fn, tile, n_classes: int,
                  batch_size: int, ignore_index=None) -> list[dict]:
     """Per-patch TP/FP/FN of the raw model output on non-overlapping patches (BiaPy per_patch)."""
-    from bioflow.data.segmentation import pad_min
-    from bioflow.metrics.segmentation import confusion_counts
     spatial = image.shape[:-1]
     img, _ = pad_min(image, None, tile)
     starts = [tuple(s) for s in tiling.plan_tiles(img.shape[:-1], tile, 0.0, 0).starts()]
@@ -135,8 +147,6 @@ class _Outputs:
         self.arrays["per_image_binarized"][a:a + len(probs)] = binarize(probs, self.thr)
 
     def finish_tiled(self):
-        from bioflow.io import atomic_path
-        import tifffile
         for f in ("per_image", "per_image_binarized"):
             if self.streamed:
                 streaming.finish_output(self.arrays[f], self.tmps[f], self.paths[f])
@@ -152,16 +162,12 @@ class _Outputs:
 
 
 def _write(path: Path, arr: np.ndarray):
-    import tifffile
-    from bioflow.io import atomic_path
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, arr, compression="zlib", photometric="minisblack")
 
 
 def _copy(src: Path, dst: Path):
-    import shutil
-    from bioflow.io import atomic_path
     dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
@@ -170,11 +176,6 @@ def _copy(src: Path, dst: Path):
 def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir: Path,
                   mask: np.ndarray | None = None, memory_budget_mb: float | None = None) -> dict:
     """Predict one manifest entry into the four output folders; returns its CSV row."""
-    from bioflow.data.manifest import relative_name
-    from bioflow.data.normalization import normalize
-    from bioflow.data.segmentation import to_channels
-    from bioflow.models.segmentation import size_divisor
-
     inf = cfg["inference"]
     ndim = int(cfg["experiment"]["ndim"])
     n_classes = int(cfg["model"]["n_classes"])
@@ -182,7 +183,8 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
     tile = [int(t) for t in cfg["data"]["patch_size"]]
     norm_cfg = cfg["data"].get("normalization") or {}
     budget = float(memory_budget_mb if memory_budget_mb is not None else inf.get("memory_budget_mb", 2048)) * 2**20
-    predict_fn = make_predict_fn(model, ndim, bool(inf.get("tta", False)))
+    # TTA uses only the transforms the model was trained with
+    predict_fn = make_predict_fn(model, tta_flags(cfg["train"]["augmentation"]) if inf["tta"] else None)
     div = size_divisor(model)
     name = relative_name(entry)
     stem = Path(name).stem
@@ -208,8 +210,8 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
                 stats = _subsample_stats(src, channels, entry["path"], norm_cfg)
                 norm_cfg = {**norm_cfg, "per_image": False}
             image = None
-            idx0 = tiling.pad_indices(spatial[0], *plan.pad_width[0])
-            rest = [tiling.pad_indices(n, *pw) for n, pw in zip(spatial[1:], plan.pad_width[1:])]
+            idx0 = pad_indices(spatial[0], *plan.pad_width[0])
+            rest = [pad_indices(n, *pw) for n, pw in zip(spatial[1:], plan.pad_width[1:])]
 
             def reader(a, b):
                 rows = idx0[a:b]
@@ -261,8 +263,6 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
 
 def _subsample_stats(src, channels, path, norm_cfg) -> dict:
     """Statistics of every k-th row (at most ~64) for per-image normalization of a streamed image."""
-    from bioflow.data.normalization import compute_stats
-    from bioflow.data.segmentation import to_channels
     n = src.shape[0]
     rows = np.unique(np.linspace(0, n - 1, min(n, 64)).astype(int))
     imgs = (to_channels(src.read(int(r), int(r) + 1), channels, path) for r in rows)
@@ -271,13 +271,6 @@ def _subsample_stats(src, channels, path, norm_cfg) -> dict:
 
 def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> Path:
     """Stage predict (see the module docstring). Returns the path of ``predictions.csv``."""
-    import pandas as pd
-    from bioflow.data.manifest import entries, load_manifest
-    from bioflow.data.normalization import load_stats
-    from bioflow.data.segmentation import check_mask, read_mask
-    from bioflow.io import atomic_path, write_json
-    from bioflow.training.engine import load_model_from_checkpoint
-
     run_dir = Path(run_dir)
     manifest = load_manifest(manifest_path)
     test = entries(manifest, "test")
@@ -287,10 +280,12 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
     if torch.cuda.is_available():
         model = model.cuda()
     trained = hp["cfg"]
-    # what the model was trained with wins for the model-side keys
+    # what the model was trained with wins for the model-side keys (and TTA follows the
+    # training augmentation)
     cfg = {**cfg, "model": trained["model"],
-           "data": {**cfg["data"], "normalization": trained["data"].get("normalization") or {},
-                    "channels": trained["data"]["channels"]}}
+           "data": {**cfg["data"], "normalization": trained["data"]["normalization"],
+                    "channels": trained["data"]["channels"]},
+           "train": {**cfg["train"], "augmentation": trained["train"]["augmentation"]}}
     stats = load_stats(norm_path) if norm_path and Path(norm_path).is_file() else hp.get("normalization")
     n_classes = int(cfg["model"]["n_classes"])
     use_masks = bool(cfg["data"].get("test_has_labels", True))

@@ -22,7 +22,11 @@ import os
 import uuid
 from pathlib import Path
 
+import h5py
 import numpy as np
+import tifffile
+
+from bioflow.io import first_dataset, image_info, read_image, split_key
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,6 @@ def _as_rows(raw_shape, shape_cl):
 
 def open_rows(path, ndim: int, channels: int | None, channel_axis="auto") -> RowSource:
     """Open ``path`` for row-wise reading (see the module docstring)."""
-    from bioflow.io import image_info, read_image, split_key
 
     shape, dtype = image_info(path, ndim, channels, channel_axis)
     p, key = split_key(path)
@@ -69,7 +72,6 @@ def open_rows(path, ndim: int, channels: int | None, channel_axis="auto") -> Row
     close = None
     try:
         if ext in (".tif", ".tiff"):
-            import tifffile
             try:
                 raw = tifffile.memmap(p, mode="r")
             except (ValueError, TypeError, OSError):
@@ -85,10 +87,8 @@ def open_rows(path, ndim: int, channels: int | None, channel_axis="auto") -> Row
         elif ext == ".npy":
             raw = np.load(p, mmap_mode="r", allow_pickle=False)
         elif ext in (".h5", ".hdf5", ".hdf"):
-            import h5py
-            from bioflow.io import _first_dataset
             f = h5py.File(p, "r")
-            raw = f[key or _first_dataset(f)]
+            raw = f[key or first_dataset(f)]
             close = f.close
     except Exception as exc:  # noqa: BLE001 - fall back to a full read below
         log.warning("%s: cannot open for chunked reading (%s); reading it whole", path, exc)
@@ -105,7 +105,6 @@ def open_rows(path, ndim: int, channels: int | None, channel_axis="auto") -> Row
 
 def output_memmap(path, shape, dtype) -> tuple[np.memmap, Path]:
     """An uncompressed TIFF created on disk at a temporary name next to ``path``."""
-    import tifffile
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")

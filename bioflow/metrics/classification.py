@@ -13,8 +13,13 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global figure state
+from scipy.stats import rankdata
 
+from bioflow.data.manifest import load_manifest
 from bioflow.errors import BioflowError
+from bioflow.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +31,6 @@ CI_METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro"
 def binary_auc(y: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC of scores for a 0/1 target (Mann-Whitney U with tie-averaged ranks); nan when
     only one class is present."""
-    from scipy.stats import rankdata
     y = np.asarray(y).astype(bool)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
@@ -139,13 +143,10 @@ def bootstrap_ci(y, probs, class_names, n_resamples: int, seed: int = 0, multila
 # --- the stage -------------------------------------------------------------------------------
 
 def _plot_confusion(cm, names, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from bioflow.io import atomic_path
     cm = np.asarray(cm)
     n = len(names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.6 * n))
+    fig = Figure(figsize=(1.2 + 0.6 * n, 1.0 + 0.6 * n))
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues")
     for i in range(n):
         for j in range(n):
@@ -156,12 +157,9 @@ def _plot_confusion(cm, names, path: Path) -> None:
     ax.set_xlabel("predicted"), ax.set_ylabel("true")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-    plt.close(fig)
 
 
 def _write_csv(metrics: dict, path: Path) -> None:
-    import pandas as pd
-    from bioflow.io import atomic_path
     rows = []
     ci = metrics.get("ci95", {})
     for k, v in metrics.items():
@@ -182,9 +180,6 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
     Without test labels (``data.test_has_labels: false`` or no true class in the predictions)
     it writes ``{"labels_available": false, "n_predictions": N}``.
     """
-    import pandas as pd
-    from bioflow.data.manifest import load_manifest
-    from bioflow.io import write_json
 
     run_dir = Path(run_dir)
     pred_csv = run_dir / "predictions.csv"
@@ -230,35 +225,3 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
     _write_csv(out, run_dir / "metrics.csv")
     log.info("metrics run %s: accuracy %.4f, auc %s", run_id, out["accuracy"], out["auc"])
     return out
-
-
-def metric_functions(multilabel: bool) -> dict:
-    """Epoch-level validation metrics for the trainer: ``{name: fn(logits, target) -> float}``."""
-    import torch
-
-    if multilabel:
-        def auc(logits, target):
-            return macro_auc_multilabel(target.numpy(), torch.sigmoid(logits).numpy())
-
-        def f1(logits, target):
-            p = (torch.sigmoid(logits) >= 0.5).numpy()
-            return multilabel_metrics(target.numpy(), p.astype(float), [str(i) for i in range(p.shape[1])])["f1_macro"]
-        return {"auc": auc, "f1": f1}
-
-    def acc(logits, target):
-        return float((logits.argmax(1) == target).float().mean())
-
-    def auc(logits, target):
-        a = macro_auc(target.numpy(), torch.softmax(logits, 1).numpy())
-        return 0.5 if math.isnan(a) else a  # undefined (one class): neutral, not nan
-
-    def bal_acc(logits, target):
-        cm = confusion(target.numpy(), logits.argmax(1).numpy(), logits.shape[1])
-        return _from_confusion(cm)["balanced_accuracy"]
-    return {"acc": acc, "auc": auc, "bal_acc": bal_acc}
-
-
-def macro_auc_multilabel(y, probs) -> float:
-    aucs = [binary_auc(y[:, j], probs[:, j]) for j in range(y.shape[1])]
-    aucs = [a for a in aucs if not math.isnan(a)]
-    return float(np.mean(aucs)) if aucs else 0.5

@@ -19,8 +19,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import tifffile
 
+from bioflow.data.manifest import entries, load_manifest, read_entry_mask, relative_name
 from bioflow.errors import BioflowError
+from bioflow.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +112,6 @@ def summarize(counts_list: list[np.ndarray], n_classes: int, score=iou_from_coun
 
 def _label_image(path: Path, ndim: int, n_classes: int) -> np.ndarray:
     """A prediction TIFF as class ids: label images as they are, probability maps argmaxed."""
-    import tifffile
     arr = tifffile.imread(path)
     if arr.ndim == ndim + 1 and arr.shape[-1] == n_classes and np.issubdtype(arr.dtype, np.floating):
         return np.argmax(arr, axis=-1)
@@ -117,10 +120,6 @@ def _label_image(path: Path, ndim: int, n_classes: int) -> np.ndarray:
 
 def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
     """Stage metrics: ``run_dir/metrics.json`` + ``run_dir/metrics_per_image.csv``."""
-    import pandas as pd
-    from bioflow.data.manifest import entries, load_manifest, relative_name
-    from bioflow.data.segmentation import read_mask
-    from bioflow.io import atomic_path, read_json, write_json
 
     run_dir = Path(run_dir)
     manifest = load_manifest(manifest_path)
@@ -141,7 +140,7 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
     rows = []
     for e in labelled:
         name = relative_name(e)
-        gt = read_mask(manifest, e)
+        gt = read_entry_mask(manifest, e)
         row = {"file": name}
         for lvl, folder in LEVELS.items():
             path = run_dir / folder / (Path(name).stem + ".tif")

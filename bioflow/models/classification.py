@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from bioflow.errors import BioflowError
-from bioflow.models.registry import register_model
+from bioflow.models.registry import register_fallback, register_model
 
 # --- N-D building blocks (the spatial rank is a parameter, not a copy) -----------------
 
@@ -153,7 +153,7 @@ def _in_chans(cfg) -> int:
 
 def build_timm_classifier(cfg: dict, name: str, n_metadata: int = 0, **timm_kwargs) -> Classifier:
     """Any timm model as backbone (its own classifier removed: ``num_classes=0``)."""
-    import timm
+    import timm  # 6 s to import: only the 2D timm models need it, not the N-D CNNs below
     kwargs = dict(cfg["model"].get("kwargs") or {})
     kwargs.update(timm_kwargs)
     pretrained = bool(cfg["model"].get("pretrained", False))
@@ -177,6 +177,14 @@ def _timm_builder(name):
     build.__doc__ = f"timm {name}"
     return build
 
+
+def _timm_knows(name: str) -> bool:
+    import timm  # 6 s to import: only when a name is not registered (validate_dataset, 2D classification)
+    return timm.is_model(name)
+
+
+register_fallback(_timm_knows, build_timm_classifier, ndim=(2,), workflows=("classification",),
+                  hint="or any timm model name, see timm.list_models()")
 
 for _name in ("resnet18", "resnet34", "resnet50", "densenet121", "convnext_nano",
               "mobilenetv3_small_100", *[f"efficientnet_b{i}" for i in range(8)]):

@@ -29,7 +29,7 @@ SEG = ("semantic_segmentation",)
 
 def _smp_builder(arch: str):
     def build(cfg: dict, **_) -> nn.Module:
-        import segmentation_models_pytorch as smp
+        import segmentation_models_pytorch as smp  # 6 s to import: only the 2D smp models need it
         m = cfg["model"]
         kwargs = dict(m.get("kwargs") or {})
         try:

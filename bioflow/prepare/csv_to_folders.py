@@ -25,9 +25,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from bioflow.errors import BioflowError
-from bioflow.io import atomic_dir
+from bioflow.io import atomic_dir, write_image
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ def _class_name(label, class_names, where) -> str:
 
 def _plan_csv(cfg: dict) -> list[tuple[str, str, Path, str]]:
     """(split, class, source file, output name) for every CSV row; all problems in one error."""
-    import pandas as pd
 
     d = cfg["data"]
     opts = d.get("csv_options") or {}
@@ -127,7 +127,6 @@ def _write_csv(plan, tmp: Path) -> dict:
 
 
 def _write_npz(cfg: dict, tmp: Path) -> dict:
-    from bioflow.io import write_image
 
     d = cfg["data"]
     npz_path = Path(d["csv"])

@@ -33,9 +33,13 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import h5py
 import numpy as np
 
+from bioflow.data.manifest import load_manifest, read_entry_image
+from bioflow.data.masks import apply_mask_transform
 from bioflow.errors import BioflowError
+from bioflow.io import atomic_dir, read_mask, write_json
 
 log = logging.getLogger(__name__)
 FREE = "free"
@@ -107,11 +111,7 @@ def patch_label(frac: float, class_index: int | None, min_fraction: float, free_
 
 def run(cfg: dict, manifest_path, out_dir) -> dict:
     """Stage patch_dataset; returns the info dict (also written to ``info.json``)."""
-    import h5py
 
-    from bioflow.data.manifest import load_manifest, read_entry_image
-    from bioflow.data.masks import apply_mask_transform
-    from bioflow.io import atomic_dir, read_mask, write_json
 
     manifest = load_manifest(manifest_path)
     ndim = manifest["ndim"]

@@ -11,9 +11,20 @@ from __future__ import annotations
 import copy
 import logging
 
-import numpy as np
+import math
 
+import numpy as np
+import torch
+
+from bioflow import __version__
+from bioflow.data.classification import ClassificationDataModule
+from bioflow.data.manifest import load_manifest
+from bioflow.data.normalization import load_stats
 from bioflow.errors import BioflowError
+from bioflow.metrics.classification import _from_confusion, binary_auc, confusion, macro_auc, multilabel_metrics
+from bioflow.models import build_model
+from bioflow.training.engine import BioflowModule, fit, seed_run
+from bioflow.training.losses import build_loss, resolve_class_weights
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +39,6 @@ def checkpoint_cfg(cfg: dict) -> dict:
 def resolve_loss_and_weights(cfg: dict, counts: list[int], multilabel: bool, n_train: int):
     """(train cfg for build_loss, class weights or None); ``counts``: train images per class
     (multi-label: positives per label) out of ``n_train``."""
-    from bioflow.training.losses import resolve_class_weights
     tc = dict(cfg["train"])
     if multilabel:
         if tc["loss"] not in ("ce", "bce"):
@@ -44,20 +54,41 @@ def resolve_loss_and_weights(cfg: dict, counts: list[int], multilabel: bool, n_t
     return tc, resolve_class_weights(tc, counts)
 
 
+def metric_functions(multilabel: bool) -> dict:
+    """Epoch-level validation metrics for the trainer: ``{name: fn(logits, target) -> float}``."""
+    if multilabel:
+        def auc(logits, target):
+            return _macro_auc_multilabel(target.numpy(), torch.sigmoid(logits).numpy())
+
+        def f1(logits, target):
+            p = (torch.sigmoid(logits) >= 0.5).numpy()
+            return multilabel_metrics(target.numpy(), p.astype(float), [str(i) for i in range(p.shape[1])])["f1_macro"]
+        return {"auc": auc, "f1": f1}
+
+    def acc(logits, target):
+        return float((logits.argmax(1) == target).float().mean())
+
+    def auc(logits, target):
+        a = macro_auc(target.numpy(), torch.softmax(logits, 1).numpy())
+        return 0.5 if math.isnan(a) else a  # undefined (one class): neutral, not nan
+
+    def bal_acc(logits, target):
+        cm = confusion(target.numpy(), logits.argmax(1).numpy(), logits.shape[1])
+        return _from_confusion(cm)["balanced_accuracy"]
+    return {"acc": acc, "auc": auc, "bal_acc": bal_acc}
+
+
+def _macro_auc_multilabel(y, probs) -> float:
+    aucs = [binary_auc(y[:, j], probs[:, j]) for j in range(y.shape[1])]
+    aucs = [a for a in aucs if not math.isnan(a)]
+    return float(np.mean(aucs)) if aucs else 0.5
+
+
 def _pos_weights(counts, total: int) -> list[float]:
     return [float((total - c) / c) if c > 0 else 1.0 for c in counts]
 
 
 def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> dict:
-    from bioflow import __version__
-    from bioflow.data.classification import ClassificationDataModule
-    from bioflow.data.manifest import load_manifest
-    from bioflow.data.normalization import load_stats
-    from bioflow.metrics.classification import metric_functions
-    from bioflow.models import build_model
-    from bioflow.training.engine import BioflowModule, fit, seed_run
-    from bioflow.training.losses import build_loss
-
     manifest = load_manifest(manifest_path)
     stats = load_stats(norm_path)
     multilabel = bool(cfg["model"].get("multilabel") or manifest.get("multilabel"))

@@ -16,8 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bioflow.data.manifest import load_manifest
+from bioflow.data.normalization import load_stats
+from bioflow.data.segmentation import (SegmentationDataModule, load_samples, save_probability_maps,
+                                       save_sample_figures, split_val)
 from bioflow.errors import BioflowError
+from bioflow.models import build_model
+from bioflow.models.segmentation import size_divisor
 from bioflow.training.engine import BioflowModule, CONFIG_SECTIONS, fit, seed_run, unpack_batch
+from bioflow.training.losses import build_loss, resolve_class_weights
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +87,6 @@ def class_counts(samples, n_classes: int) -> np.ndarray:
 
 
 def check_patch(cfg: dict, model) -> None:
-    from bioflow.models.segmentation import size_divisor
     div = size_divisor(model)
     patch = cfg["data"]["patch_size"]
     if any(int(p) % div for p in patch):
@@ -107,13 +113,6 @@ def resolve_precision(cfg: dict) -> dict:
 
 def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> dict:
     """Train one run; writes ``ckpt_path`` and ``run_dir/train_summary.json`` (returned)."""
-    from bioflow.data.manifest import load_manifest
-    from bioflow.data.normalization import load_stats
-    from bioflow.data.segmentation import (SegmentationDataModule, load_samples, save_probability_maps,
-                                           save_sample_figures, split_val)
-    from bioflow.models import build_model
-    from bioflow.training.losses import build_loss, resolve_class_weights
-
     t0 = time.time()
     cfg = resolve_precision(cfg)
     run_dir = Path(run_dir)
