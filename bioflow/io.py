@@ -345,26 +345,52 @@ def image_info(path: str | os.PathLike, ndim: int = 2, channels: int | None = No
 
 # --- writing -------------------------------------------------------------------------
 
+class AtomicFile:
+    """A write to ``path`` through a hidden temporary sibling ``tmp``: :meth:`commit` renames it
+    over ``path``, :meth:`discard` removes it. The one atomic-write mechanism of bioflow;
+    :func:`atomic_path` is its context-manager form, this class serves writes that span calls
+    (a memmapped output filled tile row by tile row).
+
+    The temporary name keeps the suffix (writers that pick a format by extension work) and
+    starts with a dot (folder listings skip it).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.tmp{self.path.suffix}")
+
+    def commit(self) -> Path:
+        if not self.tmp.exists():
+            raise FileNotFoundError(f"{self.tmp}: nothing was written to the temporary path")
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        _remove(self.tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a hidden temporary path next to ``path``; rename it over ``path`` on success.
 
-    The temporary name keeps the suffix (writers that pick a format by extension work) and
-    starts with a dot (folder listings skip it). On an exception it is removed and nothing is
-    left at ``path``'s place; an existing ``path`` is left untouched. Works for folders too
-    when ``path`` does not exist yet.
+    On an exception it is removed and nothing is left at ``path``'s place; an existing
+    ``path`` is left untouched. Works for folders too when ``path`` does not exist yet.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    f = AtomicFile(path)
     try:
-        yield tmp
-        if not tmp.exists():
-            raise FileNotFoundError(f"{tmp}: nothing was written to the temporary path")
-        os.replace(tmp, path)
+        yield f.tmp
+        f.commit()
     except BaseException:
-        _remove(tmp)
+        f.discard()
         raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 @contextlib.contextmanager

@@ -173,7 +173,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             metadata = metadata_stats(sp.get("train", []))
             if metadata is None:
                 raise BioflowError("data.metadata_csv: train images lack metadata in the manifest; "
-                                   f"rerun validate_dataset")
+                                   "rerun validate_dataset")
         self.metadata = metadata
         mm, ms = (metadata if metadata else (None, None))
         self.n_metadata = len(mm) if mm else 0
@@ -210,9 +210,3 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader(self.test_dataset, False, self.inference_batch)
-
-    def preload(self) -> None:
-        """Fill the in-memory cache (one pass over every split)."""
-        for ds in (self.train_dataset, self.val_dataset, self.test_dataset):
-            for i in range(len(ds)):
-                ds.load(i)

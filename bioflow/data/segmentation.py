@@ -284,15 +284,6 @@ def save_probability_maps(samples: list[Sample], foreground_bias: float, out_dir
 
 # --- the datamodule ----------------------------------------------------------------------
 
-def split_val(samples: list[Sample], fraction: float, seed: int):
-    """Seeded random split of the train samples (used when the manifest has no val split)."""
-    n_val = max(1, int(round(len(samples) * fraction))) if len(samples) > 1 else 0
-    order = np.random.default_rng(seed).permutation(len(samples))
-    val_idx = set(order[:n_val].tolist())
-    return ([s for i, s in enumerate(samples) if i not in val_idx],
-            [s for i, s in enumerate(samples) if i in val_idx])
-
-
 class SegmentationDataModule(pl.LightningDataModule):
     """Train patches (random, foreground-biased) and val patches (grid) from in-memory samples."""
 

@@ -134,11 +134,11 @@ class _Outputs:
         self.spatial, self.k, self.argmax, self.streamed, self.thr = tuple(spatial), n_classes, argmax, streamed, threshold
         pshape = self.spatial if argmax else (*self.spatial, n_classes)
         pdtype = np.uint8 if argmax else np.float32
-        self.arrays, self.tmps = {}, {}
+        self.arrays, self.pending = {}, {}
         for f in ("per_image", "per_image_binarized"):
             shape, dtype = (pshape, pdtype) if f == "per_image" else (self.spatial, np.uint8)
             if streamed:
-                self.arrays[f], self.tmps[f] = streaming.output_memmap(self.paths[f], shape, dtype)
+                self.arrays[f], self.pending[f] = streaming.output_memmap(self.paths[f], shape, dtype)
             else:
                 self.arrays[f] = np.empty(shape, dtype)
 
@@ -149,7 +149,7 @@ class _Outputs:
     def finish_tiled(self):
         for f in ("per_image", "per_image_binarized"):
             if self.streamed:
-                streaming.finish_output(self.arrays[f], self.tmps[f], self.paths[f])
+                streaming.finish_output(self.arrays[f], self.pending[f])
             else:
                 self.paths[f].parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(self.paths[f]) as tmp:
@@ -157,8 +157,8 @@ class _Outputs:
         self.arrays.clear()
 
     def abort(self):
-        for tmp in self.tmps.values():
-            streaming.abort_output(tmp)
+        for pending in self.pending.values():
+            streaming.abort_output(pending)
 
 
 def _write(path: Path, arr: np.ndarray):

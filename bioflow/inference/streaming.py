@@ -18,15 +18,13 @@ half-written and the output never has to fit in memory.
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from pathlib import Path
 
 import h5py
 import numpy as np
 import tifffile
 
-from bioflow.io import first_dataset, image_info, read_image, split_key
+from bioflow.io import AtomicFile, first_dataset, image_info, read_image, split_key
 
 log = logging.getLogger(__name__)
 
@@ -103,25 +101,20 @@ def open_rows(path, ndim: int, channels: int | None, channel_axis="auto") -> Row
     return RowSource(full.shape, full.dtype, lambda a, b: full[a:b], False)
 
 
-def output_memmap(path, shape, dtype) -> tuple[np.memmap, Path]:
-    """An uncompressed TIFF created on disk at a temporary name next to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    mm = tifffile.memmap(tmp, shape=tuple(shape), dtype=np.dtype(dtype), photometric="minisblack")
-    return mm, tmp
+def output_memmap(path, shape, dtype) -> tuple[np.memmap, AtomicFile]:
+    """An uncompressed TIFF created on disk at a temporary name next to ``path``: the memmap and
+    the pending write, for :func:`finish_output` or :func:`abort_output`."""
+    pending = AtomicFile(path)
+    mm = tifffile.memmap(pending.tmp, shape=tuple(shape), dtype=np.dtype(dtype), photometric="minisblack")
+    return mm, pending
 
 
-def finish_output(mm: np.memmap, tmp: Path, path) -> Path:
+def finish_output(mm: np.memmap, pending: AtomicFile) -> Path:
     """Flush the memmap and rename it into place (atomic)."""
     mm.flush()
     del mm
-    os.replace(tmp, path)
-    return Path(path)
+    return pending.commit()
 
 
-def abort_output(tmp: Path) -> None:
-    try:
-        Path(tmp).unlink()
-    except FileNotFoundError:
-        pass
+def abort_output(pending: AtomicFile) -> None:
+    pending.discard()

@@ -45,19 +45,31 @@ def confusion_counts(pred: np.ndarray, gt: np.ndarray, n_classes: int, ignore_in
     k = n_classes
     cm = np.bincount(gt.astype(np.int64) * k + np.clip(pred.astype(np.int64), 0, k - 1),
                      minlength=k * k).reshape(k, k)  # rows gt, cols pred
+    return counts_from_confusion(cm)
+
+
+def counts_from_confusion(cm: np.ndarray) -> np.ndarray:
+    """(TP, FP, FN) per class plus the foreground row from a ``(k, k)`` confusion matrix
+    (rows ground truth, columns prediction); shared with the training-time metrics."""
+    cm = np.asarray(cm, dtype=np.int64)
+    k = cm.shape[0]
     tp = np.diag(cm)
-    fp = cm.sum(0) - tp
-    fn = cm.sum(1) - tp
-    fg_tp = cm[1:, 1:].sum()
-    fg_fp = cm[0, 1:].sum()
-    fg_fn = cm[1:, 0].sum()
     out = np.zeros((k + 1, 3), dtype=np.int64)
-    out[:k, 0], out[:k, 1], out[:k, 2] = tp, fp, fn
-    out[k] = (fg_tp, fg_fp, fg_fn)
+    out[:k, 0], out[:k, 1], out[:k, 2] = tp, cm.sum(0) - tp, cm.sum(1) - tp
+    out[k] = (cm[1:, 1:].sum(), cm[0, 1:].sum(), cm[1:, 0].sum())
     return out
 
 
+def class_mean(values: np.ndarray, n_classes: int) -> float:
+    """Mean over the classes of per-class scores, leaving out the undefined (NaN) ones: a class
+    absent from both prediction and ground truth does not count. NaN when none is defined."""
+    v = np.asarray(values, dtype=np.float64)[..., :n_classes]
+    return float(np.nanmean(v)) if not np.isnan(v).all() else float("nan")
+
+
 def iou_from_counts(counts: np.ndarray) -> np.ndarray:
+    """TP / (TP + FP + FN) per row; NaN where the class is absent from prediction and truth.
+    The one IoU definition: the metrics stage and the training-time ``val_iou`` use it."""
     tp, fp, fn = (np.asarray(counts, dtype=np.float64)[..., i] for i in range(3))
     den = tp + fp + fn
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -100,9 +112,8 @@ def summarize(counts_list: list[np.ndarray], n_classes: int, score=iou_from_coun
     with warnings.catch_warnings():           # all-NaN columns (class never present) stay NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         means = np.nanmean(scores, axis=0)
-        class_mean = np.nanmean(means[:n_classes])
     out = _named(means, n_classes)
-    out["mean"] = _f(class_mean)
+    out["mean"] = _f(class_mean(means, n_classes))
     out["foreground_pooled"] = _f(score(arr.sum(0))[n_classes])
     out["n"] = int(len(counts_list))
     return out

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import copy
 import logging
-
-import math
+import warnings
 
 import numpy as np
 import torch
+from torchmetrics.functional.classification import (multiclass_accuracy, multiclass_auroc, multiclass_recall,
+                                                    multilabel_auroc, multilabel_f1_score)
 
 from bioflow import __version__
 from bioflow.data.classification import ClassificationDataModule
 from bioflow.data.manifest import load_manifest
 from bioflow.data.normalization import load_stats
 from bioflow.errors import BioflowError
-from bioflow.metrics.classification import _from_confusion, binary_auc, confusion, macro_auc, multilabel_metrics
 from bioflow.models import build_model
 from bioflow.training.engine import BioflowModule, fit, seed_run
 from bioflow.training.losses import build_loss, resolve_class_weights
@@ -55,33 +55,44 @@ def resolve_loss_and_weights(cfg: dict, counts: list[int], multilabel: bool, n_t
 
 
 def metric_functions(multilabel: bool) -> dict:
-    """Epoch-level validation metrics for the trainer: ``{name: fn(logits, target) -> float}``."""
+    """Epoch-level validation metrics for the trainer: ``{name: fn(logits, target) -> float}``,
+    from torchmetrics, averaged as the metrics stage averages (``bioflow.metrics.classification``):
+    AUC over the classes with positives and negatives in the val set (0.5, neutral, when none
+    has), balanced accuracy over the classes present."""
     if multilabel:
         def auc(logits, target):
-            return _macro_auc_multilabel(target.numpy(), torch.sigmoid(logits).numpy())
+            target = target.long()
+            per = _quiet(multilabel_auroc, torch.sigmoid(logits), target, target.shape[1], average="none")
+            ok = (target.sum(0) > 0) & (target.sum(0) < len(target))
+            return float(per[ok].mean()) if ok.any() else 0.5
 
         def f1(logits, target):
-            p = (torch.sigmoid(logits) >= 0.5).numpy()
-            return multilabel_metrics(target.numpy(), p.astype(float), [str(i) for i in range(p.shape[1])])["f1_macro"]
+            return float(multilabel_f1_score(torch.sigmoid(logits), target.long(), target.shape[1],
+                                             threshold=0.5, average="macro", zero_division=0))
         return {"auc": auc, "f1": f1}
 
     def acc(logits, target):
-        return float((logits.argmax(1) == target).float().mean())
+        return float(multiclass_accuracy(logits, target, logits.shape[1], average="micro"))
 
     def auc(logits, target):
-        a = macro_auc(target.numpy(), torch.softmax(logits, 1).numpy())
-        return 0.5 if math.isnan(a) else a  # undefined (one class): neutral, not nan
+        n = logits.shape[1]
+        per = _quiet(multiclass_auroc, torch.softmax(logits, 1), target, n, average="none")
+        support = torch.bincount(target, minlength=n)
+        ok = (support > 0) & (support < len(target))
+        return float(per[ok].mean()) if ok.any() else 0.5  # undefined (one class): neutral, not nan
 
     def bal_acc(logits, target):
-        cm = confusion(target.numpy(), logits.argmax(1).numpy(), logits.shape[1])
-        return _from_confusion(cm)["balanced_accuracy"]
+        n = logits.shape[1]
+        recall = multiclass_recall(logits, target, n, average="none")
+        return float(recall[torch.bincount(target, minlength=n) > 0].mean())
     return {"acc": acc, "auc": auc, "bal_acc": bal_acc}
 
 
-def _macro_auc_multilabel(y, probs) -> float:
-    aucs = [binary_auc(y[:, j], probs[:, j]) for j in range(y.shape[1])]
-    aucs = [a for a in aucs if not math.isnan(a)]
-    return float(np.mean(aucs)) if aucs else 0.5
+def _quiet(fn, *args, **kwargs):
+    # torchmetrics warns about classes without positives; those are left out of the mean above
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return fn(*args, **kwargs)
 
 
 def _pos_weights(counts, total: int) -> list[float]:

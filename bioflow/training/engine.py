@@ -39,7 +39,7 @@ from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from bioflow.errors import BioflowError
-from bioflow.io import atomic_path, write_json
+from bioflow.io import atomic_path, write_json, write_text
 from bioflow.training import optim
 from bioflow.training.charts import plot_history, save_sample
 
@@ -202,12 +202,6 @@ def _precision(value) -> str:
     return "32-true" if value == "32" else value
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _copy_weights_only(src: Path, dst: Path) -> None:
     """Copy a checkpoint without optimizer / scheduler state (inference needs neither)."""
     ck = torch.load(src, map_location="cpu", weights_only=False)
@@ -229,9 +223,8 @@ def _merge_logs(metrics_csv: Path, old) -> None:
         return
     new = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame()
     merged = pd.concat([old, new], ignore_index=True)
-    tmp = metrics_csv.with_name(".metrics.csv.tmp")
-    merged.to_csv(tmp, index=False)
-    os.replace(tmp, metrics_csv)
+    with atomic_path(metrics_csv) as tmp:
+        merged.to_csv(tmp, index=False)
 
 
 def _dataset_of(datamodule):
@@ -304,7 +297,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(logs, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    _atomic_text(hash_file, h + "\n")
+    write_text(hash_file, h + "\n")
 
     module.monitor, module.mode = monitor, mode
     ckpt_cb = ModelCheckpoint(dirpath=work, filename="best-{epoch:03d}", monitor=monitor, mode=mode,
