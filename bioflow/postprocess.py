@@ -62,8 +62,8 @@ def _prediction_files(in_dir: Path) -> list[Path]:
 def run(cfg: dict, in_dir, out_dir) -> list[Path]:
     """Stage postprocess: filter every prediction of ``in_dir`` into ``out_dir`` (same names)."""
 
-    pcfg = cfg.get("postprocess") or {}
-    z, yz = int(pcfg.get("z_filter", 0)), int(pcfg.get("yz_filter", 0))
+    pcfg = cfg["postprocess"]
+    z, yz = int(pcfg["z_filter"]), int(pcfg["yz_filter"])
     ndim = int(cfg["experiment"]["ndim"])
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     files = _prediction_files(in_dir)

@@ -78,8 +78,8 @@ def test_tta_ops_invert():
     for fwd, inv in ops:
         torch.testing.assert_close(inv(fwd(x)), x)
     assert len(tta_ops(x.shape[2:], flips=True, rot90=False)) == 2 ** 3
-    assert tta_flags({"rot90": False}) == {"flips": True, "rot90": False}
-    assert tta_flags({"enabled": False}) == {"flips": False, "rot90": False}
+    assert tta_flags({**ALL, "rot90": False}) == {"flips": True, "rot90": False}
+    assert tta_flags({**ALL, "enabled": False}) == {"flips": False, "rot90": False}
 
 
 @pytest.mark.parametrize("spatial,flags,n", [
@@ -98,10 +98,10 @@ def test_tta_transforms_are_the_distinct_training_symmetries(spatial, flags, n):
 @pytest.mark.parametrize("shape", [(2, 1, 8, 8), (2, 1, 8, 6), (1, 1, 4, 6, 8)])
 def test_predict_tta_leaves_an_equivariant_model_unchanged(shape):
     x = torch.rand(shape)
-    torch.testing.assert_close(predict_tta(lambda t: t * 2, x, tta_flags({}), dense=True), x * 2)
+    torch.testing.assert_close(predict_tta(lambda t: t * 2, x, tta_flags(ALL), dense=True), x * 2)
     # classification: an invariant score (the mean) is unchanged too
     torch.testing.assert_close(predict_tta(lambda t: t.mean((2, 3)), x[..., 0] if x.ndim == 5 else x,
-                                           tta_flags({}), dense=False),
+                                           tta_flags(ALL), dense=False),
                                (x[..., 0] if x.ndim == 5 else x).mean((2, 3)))
 
 
@@ -113,9 +113,9 @@ def test_predict_tta_averages_a_non_equivariant_model():
         out[:, :, 0, 0] = 1
         return out
 
-    y = predict_tta(corner, x, tta_flags({}), dense=True)[0, 0]
+    y = predict_tta(corner, x, tta_flags(ALL), dense=True)[0, 0]
     assert torch.isclose(y[0, 0], y[-1, -1]) and torch.isclose(y[0, -1], y[-1, 0]) and y[0, 0] > 0
     assert torch.isclose(y.sum(), torch.tensor(1.0))
     # without rotations and flips nothing is averaged
-    assert torch.equal(predict_tta(corner, x, tta_flags({"enabled": False}), dense=True), corner(x))
+    assert torch.equal(predict_tta(corner, x, tta_flags({**ALL, "enabled": False}), dense=True), corner(x))
     assert torch.equal(predict_tta(corner, x, None, dense=True), corner(x))

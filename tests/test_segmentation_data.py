@@ -76,7 +76,9 @@ def test_patch_datasets(shape, patch):
 
 
 def test_joint_augment_keeps_alignment():
-    cfg = {"experiment": {"ndim": 2}, "train": {"augmentation": {"enabled": True, "probability": 1.0}}}
+    aug_cfg = {"enabled": True, "flips": True, "rot90": True, "affine": False, "brightness_contrast": False,
+               "gaussian_noise": False, "probability": 1.0}
+    cfg = {"experiment": {"ndim": 2}, "train": {"augmentation": aug_cfg}}
     aug = sd.make_augment(cfg)
     mask = np.zeros((8, 8), np.uint8)
     mask[1, 2] = 1

@@ -21,9 +21,6 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-DEFAULTS = {"enabled": True, "flips": True, "rot90": True, "affine": False,
-            "brightness_contrast": False, "gaussian_noise": False, "probability": 0.5}
-
 # ranges of the random parameters (fractions of the image size / intensity spread)
 AFFINE_DEGREES = 15.0
 AFFINE_SCALE = (0.9, 1.1)
@@ -31,12 +28,6 @@ AFFINE_SHIFT = 0.05
 CONTRAST = (0.8, 1.2)
 BRIGHTNESS = 0.1
 NOISE_STD = 0.1
-
-
-def _cfg(aug_cfg: dict | None) -> dict:
-    out = dict(DEFAULTS)
-    out.update(aug_cfg or {})
-    return out
 
 
 def flip(image, mask, axis: int):
@@ -90,13 +81,13 @@ def gaussian_noise(image, sigma_frac: float, rng: np.random.Generator):
     return (image + rng.normal(0.0, sigma_frac * std, image.shape)).astype(np.float32)
 
 
-def augment(image: np.ndarray, mask: np.ndarray | None = None, aug_cfg: dict | None = None,
+def augment(image: np.ndarray, mask: np.ndarray | None, cfg: dict,
             rng: np.random.Generator | None = None):
-    """Randomly augment ``image`` ``(C, *spatial)`` and ``mask`` ``(*spatial)`` jointly.
+    """Randomly augment ``image`` ``(C, *spatial)`` and ``mask`` ``(*spatial)`` jointly as the
+    validated ``train.augmentation`` section ``cfg`` says.
 
     Returns ``(image float32, mask or None)`` as contiguous arrays.
     """
-    cfg = _cfg(aug_cfg)
     rng = rng if rng is not None else np.random.default_rng()
     image = np.asarray(image, dtype=np.float32)
     if not cfg["enabled"]:
@@ -174,12 +165,11 @@ def tta_ops(spatial_shape, flips: bool = True, rot90: bool = True) -> list[tuple
     return ops
 
 
-def tta_flags(aug_cfg: dict | None) -> dict:
+def tta_flags(aug_cfg: dict) -> dict:
     """``{"flips", "rot90"}`` for :func:`tta_ops` from a training ``train.augmentation``: a model
     never trained on rotated images (e.g. chest X-rays) is not asked about them."""
-    cfg = _cfg(aug_cfg)
-    on = bool(cfg["enabled"])
-    return {"flips": on and bool(cfg["flips"]), "rot90": on and bool(cfg["rot90"])}
+    on = bool(aug_cfg["enabled"])
+    return {"flips": on and bool(aug_cfg["flips"]), "rot90": on and bool(aug_cfg["rot90"])}
 
 
 def predict_tta(fn: Callable, x: torch.Tensor, flags: dict | None, dense: bool) -> torch.Tensor:

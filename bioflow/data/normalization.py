@@ -48,7 +48,7 @@ def _norm_cfg(norm_cfg: dict | None) -> dict:
     """Accept ``cfg``, ``cfg["data"]`` or ``cfg["data"]["normalization"]``; fill defaults."""
     norm_cfg = dict(norm_cfg or {})
     if "data" in norm_cfg:
-        norm_cfg = dict(norm_cfg["data"].get("normalization") or {})
+        norm_cfg = dict(norm_cfg["data"]["normalization"])
     elif "normalization" in norm_cfg:
         norm_cfg = dict(norm_cfg["normalization"] or {})
     out = {"type": "zscore", "per_image": False, "percentiles": [1.0, 99.8]}

@@ -93,10 +93,10 @@ def load_samples(manifest: dict, split: str, stats: dict | None, cfg: dict, with
                  pad_to: Sequence[int] | None = None) -> list[Sample]:
     """Decode + normalise every image of ``split`` (and its mask), reflect-padded to ``pad_to``."""
     n_classes = int(cfg["model"]["n_classes"])
-    ignore = cfg.get("train", {}).get("ignore_index")
+    ignore = cfg["train"]["ignore_index"]
     out = []
     for e in entries(manifest, split):
-        img = load_normalized(manifest, e, stats, cfg["data"].get("normalization") or {})
+        img = load_normalized(manifest, e, stats, cfg["data"]["normalization"])
         mask = None
         if with_masks and e.get("mask"):
             mask = check_mask(read_mask(manifest, e), n_classes, e["mask"], ignore)
@@ -224,8 +224,8 @@ def to_tensors(x: np.ndarray, y: np.ndarray):
 def make_augment(cfg: dict) -> Callable | None:
     """Joint image + mask augmentation (``train.augmentation``) from the shared
     ``bioflow.data.augment``; takes and returns channels-last patches."""
-    acfg = cfg["train"].get("augmentation") or {}
-    if not acfg.get("enabled", True):
+    acfg = cfg["train"]["augmentation"]
+    if not acfg["enabled"]:
         return None
 
     def run(x, y, rng):
@@ -293,15 +293,15 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.cfg = cfg
         d, t = cfg["data"], cfg["train"]
         patch = d["patch_size"]
-        sampling = d.get("sampling") or {}
-        per_image = int(sampling.get("patches_per_image", 8))
+        sampling = d["sampling"]
+        per_image = int(sampling["patches_per_image"])
         bs = int(t["batch_size"])
-        length = int(t["steps_per_epoch"]) * bs if t.get("steps_per_epoch") else per_image * len(train)
-        self.train_dataset = PatchDataset(train, patch, max(length, bs), float(sampling.get("foreground_bias", 0.0)),
+        length = int(t["steps_per_epoch"]) * bs if t["steps_per_epoch"] else per_image * len(train)
+        self.train_dataset = PatchDataset(train, patch, max(length, bs), float(sampling["foreground_bias"]),
                                       make_augment(cfg), seed)
         self.val_dataset = GridPatchDataset(val, patch, max_val_patches) if val else None
         self.batch_size = bs
-        self.num_workers = int(t.get("num_workers", 0))
+        self.num_workers = int(t["num_workers"])
 
     def _loader(self, ds, shuffle):
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,

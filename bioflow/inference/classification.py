@@ -81,9 +81,9 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
                            f"fuses metadata, add rows for the test images")
     ds = ClassificationDataset(manifest, entries, stats, train_data_cfg, None, multilabel,
                                meta_mean, hp.get("metadata_std"), len(names))
-    inf = cfg.get("inference", {})
-    loader = torch.utils.data.DataLoader(ds, batch_size=int(inf.get("batch_size", 8)) * 4, shuffle=False,
-                                         num_workers=int(cfg.get("train", {}).get("num_workers", 0)))
+    inf = cfg["inference"]
+    loader = torch.utils.data.DataLoader(ds, batch_size=int(inf["batch_size"]) * 4, shuffle=False,
+                                         num_workers=int(cfg["train"]["num_workers"]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # TTA uses only the transforms the model was trained with
     flags = tta_flags(hp["cfg"]["train"]["augmentation"]) if inf["tta"] else None
@@ -94,7 +94,7 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
     for e, p in zip(entries, probs):
         row = {"file": _display_name(e, test_root)}
         if multilabel:
-            pred = (p >= float(inf.get("binarize_threshold", 0.5))).astype(int)
+            pred = (p >= float(inf["binarize_threshold"])).astype(int)
             true = e.get("label")
             row["true_class"] = "" if true is None else ";".join(n for n, t in zip(names, true) if t)
             row["pred_class"] = ";".join(n for n, t in zip(names, pred) if t)
@@ -115,5 +115,5 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
     out = run_dir / "predictions.csv"
     with atomic_path(out) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
-    log.info("predict run %s: %d test images -> %s (tta %s)", run_id, len(rows), out, inf.get("tta"))
+    log.info("predict run %s: %d test images -> %s (tta %s)", run_id, len(rows), out, inf["tta"])
     return out

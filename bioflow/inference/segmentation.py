@@ -181,20 +181,20 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
     n_classes = int(cfg["model"]["n_classes"])
     channels = int(manifest["channels"])
     tile = [int(t) for t in cfg["data"]["patch_size"]]
-    norm_cfg = cfg["data"].get("normalization") or {}
-    budget = float(memory_budget_mb if memory_budget_mb is not None else inf.get("memory_budget_mb", 2048)) * 2**20
+    norm_cfg = cfg["data"]["normalization"]
+    budget = float(memory_budget_mb if memory_budget_mb is not None else inf["memory_budget_mb"]) * 2**20
     # TTA uses only the transforms the model was trained with
     predict_fn = make_predict_fn(model, tta_flags(cfg["train"]["augmentation"]) if inf["tta"] else None)
     div = size_divisor(model)
     name = relative_name(entry)
     stem = Path(name).stem
-    thr = float(inf.get("binarize_threshold", 0.5))
-    argmax = bool(inf.get("argmax", True))
+    thr = float(inf["binarize_threshold"])
+    argmax = bool(inf["argmax"])
 
     src = streaming.open_rows(entry["path"], ndim, channels, manifest.get("channel_axis", "auto"))
     try:
         spatial = src.shape[:-1]
-        plan = tiling.plan_tiles(spatial, tile, float(inf.get("overlap", 0.25)), int(inf.get("padding", 0)))
+        plan = tiling.plan_tiles(spatial, tile, float(inf["overlap"]), int(inf["padding"]))
         need = in_memory_bytes(spatial, channels, n_classes, plan)
         streamed = need > budget
         row = {"file": name, "shape": "x".join(map(str, spatial)), "streamed": streamed}
@@ -204,7 +204,7 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
             padded = tiling.pad_image(image, plan)
             reader = lambda a, b: padded[a:b]  # noqa: E731
         else:
-            if norm_cfg.get("per_image"):
+            if norm_cfg["per_image"]:
                 log.warning("%s: per-image normalization of a streamed image uses the statistics of "
                             "a row subsample", entry["path"])
                 stats = _subsample_stats(src, channels, entry["path"], norm_cfg)
@@ -226,7 +226,7 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
         outs = _Outputs(run_dir, stem, spatial, n_classes, argmax, streamed, thr)
         try:
             tiling.predict_tiled(reader, predict_fn, plan, n_classes, outs.write_rows,
-                                 inf.get("blending", "gaussian"), int(inf.get("batch_size", 8)))
+                                 inf["blending"], int(inf["batch_size"]))
             outs.finish_tiled()
         except BaseException:
             outs.abort()
@@ -237,7 +237,7 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
         # whole-image inference when it fits, else the tiled result stands in
         padded_px = int(np.prod([n + (-n) % div for n in spatial]))
         fits = image is not None and padded_px * (ACTIVATION_BYTES_PER_PIXEL + 4 * (channels + n_classes)) <= budget
-        if not inf.get("full_image", True):
+        if not inf["full_image"]:
             row["full_image_mode"] = "off"
         elif fits:
             probs = predict_whole(image, predict_fn, div)
@@ -254,7 +254,7 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
 
         if mask is not None and image is not None:
             row["_patches"] = patch_counts(image, mask, predict_fn, tile, n_classes,
-                                           int(inf.get("batch_size", 8)), cfg["train"].get("ignore_index"))
+                                           int(inf["batch_size"]), cfg["train"]["ignore_index"])
         row["seconds"] = round(time.time() - t0, 3)
         return row
     finally:
@@ -266,7 +266,7 @@ def _subsample_stats(src, channels, path, norm_cfg) -> dict:
     n = src.shape[0]
     rows = np.unique(np.linspace(0, n - 1, min(n, 64)).astype(int))
     imgs = (to_channels(src.read(int(r), int(r) + 1), channels, path) for r in rows)
-    return compute_stats(imgs, norm_cfg.get("percentiles", (1.0, 99.8)), n_images=len(rows))
+    return compute_stats(imgs, norm_cfg["percentiles"], n_images=len(rows))
 
 
 def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> Path:
@@ -288,14 +288,14 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
            "train": {**cfg["train"], "augmentation": trained["train"]["augmentation"]}}
     stats = load_stats(norm_path) if norm_path and Path(norm_path).is_file() else hp.get("normalization")
     n_classes = int(cfg["model"]["n_classes"])
-    use_masks = bool(cfg["data"].get("test_has_labels", True))
+    use_masks = bool(cfg["data"]["test_has_labels"])
 
     rows, patches = [], []
     t0 = time.time()
     for e in test:
         mask = None
         if use_masks and e.get("mask"):
-            mask = check_mask(read_mask(manifest, e), n_classes, e["mask"], cfg["train"].get("ignore_index"))
+            mask = check_mask(read_mask(manifest, e), n_classes, e["mask"], cfg["train"]["ignore_index"])
         row = predict_image(e, manifest, model, cfg, stats, run_dir, mask)
         for p in row.pop("_patches", []):
             patches.append({"file": row["file"], **p})

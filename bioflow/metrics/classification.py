@@ -186,7 +186,7 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
         raise BioflowError(f"{pred_csv}: predictions not found; run the predict stage first")
     manifest = load_manifest(manifest_path)
     names = list(manifest["classes"])
-    multilabel = bool(manifest.get("multilabel") or cfg["model"].get("multilabel"))
+    multilabel = bool(manifest.get("multilabel") or cfg["model"]["multilabel"])
     df = pd.read_csv(pred_csv, dtype={"true_class": str, "pred_class": str}, keep_default_na=False)
     n_pred = len(df)
     if multilabel:
@@ -195,7 +195,7 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
         labelled = df[(df[tcols] != "").all(1)] if have else df.iloc[:0]
     else:
         labelled = df[df["true_class"] != ""] if "true_class" in df else df.iloc[:0]
-    if not cfg["data"].get("test_has_labels", True) or labelled.empty:
+    if not cfg["data"]["test_has_labels"] or labelled.empty:
         out = {"labels_available": False, "n_predictions": int(n_pred), "class_names": names}
         write_json(run_dir / "metrics.json", out)
         return out
@@ -204,7 +204,7 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
     if missing:
         raise BioflowError(f"{pred_csv}: columns {missing} missing; rerun predict with this manifest")
     probs = labelled[pcols].to_numpy(dtype=np.float64)
-    B = int(cfg.get("metrics", {}).get("bootstrap", 1000))
+    B = int(cfg["metrics"]["bootstrap"])
     if multilabel:
         y = labelled[tcols].astype(int).to_numpy()
         out = multilabel_metrics(y, probs, names)

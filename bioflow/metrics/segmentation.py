@@ -136,11 +136,11 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
     manifest = load_manifest(manifest_path)
     n_classes = int(cfg["model"]["n_classes"])
     ndim = int(cfg["experiment"]["ndim"])
-    ignore = cfg.get("train", {}).get("ignore_index")
+    ignore = cfg["train"]["ignore_index"]
     test = entries(manifest, "test")
     labelled = [e for e in test if e.get("mask")]
     result: dict = {"run_id": run_id, "n_classes": n_classes, "n_test_images": len(test)}
-    if not cfg["data"].get("test_has_labels", True) or not labelled:
+    if not cfg["data"]["test_has_labels"] or not labelled:
         result["labels_available"] = False
         write_json(run_dir / "metrics.json", result)
         log.info("metrics: test set has no labels; nothing to score")

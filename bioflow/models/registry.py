@@ -94,8 +94,8 @@ def check_architecture(cfg: dict) -> ModelSpec:
     """
     name = cfg["model"]["architecture"]
     wf = cfg["experiment"]["workflow"]
-    ndim = int(cfg["experiment"].get("ndim", 2))
-    weights = cfg["model"].get("weights")
+    ndim = int(cfg["experiment"]["ndim"])
+    weights = cfg["model"]["weights"]
     if weights and not Path(weights).is_file():
         raise BioflowError(f"model.weights: file not found: {weights}; give a local state_dict (.pt/.pth/.ckpt) or null")
     spec = _REGISTRY.get(name)
@@ -116,7 +116,7 @@ def check_architecture(cfg: dict) -> ModelSpec:
 
 
 def _maybe_load_weights(model: nn.Module, cfg: dict) -> nn.Module:
-    path = cfg["model"].get("weights")
+    path = cfg["model"]["weights"]
     if path:
         load_weights(model, path)
     return model

@@ -115,10 +115,10 @@ def run(cfg: dict, manifest_path, out_dir) -> dict:
 
     manifest = load_manifest(manifest_path)
     ndim = manifest["ndim"]
-    pcfg = cfg.get("patches") or {}
-    size = [int(s) for s in pcfg.get("size", [64] * ndim)]
-    stride = [int(s) for s in (pcfg.get("stride") or size)]
-    min_fraction = float(pcfg.get("min_defect_fraction", 0.05))
+    pcfg = cfg["patches"]
+    size = [int(s) for s in pcfg["size"]]
+    stride = [int(s) for s in (pcfg["stride"] or size)]
+    min_fraction = float(pcfg["min_defect_fraction"])
     if len(size) != ndim or len(stride) != ndim:
         raise BioflowError(f"patches.size / patches.stride: need {ndim} values ([y, x] in 2D, "
                            f"[z, y, x] in 3D), got {size} / {stride}")

@@ -33,7 +33,7 @@ DEFAULT_MONITOR = "val_auc"
 
 def checkpoint_cfg(cfg: dict) -> dict:
     """The config sections stored in the checkpoint (what inference rebuilds from)."""
-    return {k: copy.deepcopy(cfg.get(k)) for k in ("experiment", "data", "model", "train")}
+    return {k: copy.deepcopy(cfg[k]) for k in ("experiment", "data", "model", "train")}
 
 
 def resolve_loss_and_weights(cfg: dict, counts: list[int], multilabel: bool, n_train: int):
@@ -44,7 +44,7 @@ def resolve_loss_and_weights(cfg: dict, counts: list[int], multilabel: bool, n_t
         if tc["loss"] not in ("ce", "bce"):
             raise BioflowError(f"train.loss: '{tc['loss']}' is not for multi-label models; use bce")
         tc["loss"] = "bce"
-        cw = tc.get("class_weights")
+        cw = tc["class_weights"]
         if cw == "auto":  # positive weight per label = negatives / positives
             return tc, _pos_weights(counts, n_train)
         return tc, None if cw is None else [float(v) for v in cw]
@@ -102,7 +102,7 @@ def _pos_weights(counts, total: int) -> list[float]:
 def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> dict:
     manifest = load_manifest(manifest_path)
     stats = load_stats(norm_path)
-    multilabel = bool(cfg["model"].get("multilabel") or manifest.get("multilabel"))
+    multilabel = bool(cfg["model"]["multilabel"] or manifest.get("multilabel"))
     classes = list(manifest["classes"])
     if len(classes) != int(cfg["model"]["n_classes"]):
         raise BioflowError(f"model.n_classes: {cfg['model']['n_classes']} but the data has "
@@ -114,13 +114,13 @@ def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> di
     seed = seed_run(run_id)  # before building the model: initial weights depend on run_id
 
     dm = ClassificationDataModule(manifest, stats, cfg["data"], cfg["train"], multilabel,
-                                  inference_batch=cfg.get("inference", {}).get("batch_size"))
+                                  inference_batch=cfg["inference"]["batch_size"])
     counts = dm.class_counts()
     tc, cw = resolve_loss_and_weights(cfg, counts, multilabel, len(dm.train_dataset))
     loss = build_loss(tc, len(classes), cw)
     model = build_model(cfg, n_metadata=dm.n_metadata)
 
-    monitor = cfg["train"].get("monitor") or DEFAULT_MONITOR
+    monitor = cfg["train"]["monitor"] or DEFAULT_MONITOR
     if not monitor.startswith("val_"):
         monitor = f"val_{monitor}"
     val_labels = {str(e.get("label")) for e in manifest["splits"]["val"]}

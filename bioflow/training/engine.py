@@ -154,7 +154,7 @@ class BioflowModule(pl.LightningModule):
             self.log(f"val_{name}", value, on_step=False, on_epoch=True, prog_bar=True)
 
     def configure_optimizers(self):
-        epochs = max(int(self.trainer.max_epochs or self.train_cfg.get("epochs", 1)), 1)
+        epochs = max(int(self.trainer.max_epochs or self.train_cfg["epochs"]), 1)
         total = self.trainer.estimated_stepping_batches
         spe = max(int(total // epochs), 1) if np.isfinite(total) else 1
         return optim.configure(self.model.parameters(), self.train_cfg, spe, epochs,
@@ -309,10 +309,10 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
                               enable_version_counter=False)
     callbacks = [ckpt_cb, last_cb, LearningRateMonitor(logging_interval="epoch")]
     es = None
-    if int(tc.get("patience", 0)) > 0:
+    if int(tc["patience"]) > 0:
         es = EarlyStopping(monitor=monitor, mode=mode, patience=int(tc["patience"]))
         callbacks.append(es)
-    max_time = tc.get("max_time_minutes")
+    max_time = tc["max_time_minutes"]
     if max_time:
         # checked every step: training stops within the budget, not after one more epoch
         callbacks.append(Timer(duration=timedelta(minutes=float(max_time)), interval="step"))
@@ -321,15 +321,15 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     loggers = [CSVLogger(save_dir=run_dir, name="train_logs", version=""),
                TensorBoardLogger(save_dir=run_dir, name="train_logs", version="tensorboard",
                                  default_hp_metric=False)]
-    steps = tc.get("steps_per_epoch")
+    steps = tc["steps_per_epoch"]
     plugins = []
     if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1") or 1) <= 1:
         # one Snakemake job = one process: let Lightning launch its own device processes
         # instead of expecting srun-launched tasks (SLURMEnvironment)
         plugins.append(LightningEnvironment())
     trainer = pl.Trainer(
-        max_epochs=int(tc["epochs"]), accelerator="auto", devices=tc.get("devices", "auto"),
-        strategy=tc.get("strategy", "auto"), precision=_precision(tc.get("precision", "auto")),
+        max_epochs=int(tc["epochs"]), accelerator="auto", devices=tc["devices"],
+        strategy=tc["strategy"], precision=_precision(tc["precision"]),
         callbacks=callbacks, logger=loggers, default_root_dir=str(work),
         limit_train_batches=int(steps) if steps else 1.0, enable_progress_bar=False,
         log_every_n_steps=10, num_sanity_val_steps=0, enable_model_summary=False,
@@ -356,7 +356,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     charts.mkdir(parents=True, exist_ok=True)
     chart_files = plot_history(logs / "metrics.csv", charts)
     class_names = module.hparams.get("class_names") if hasattr(module, "hparams") else None
-    sample_files = save_augmented_samples(datamodule, charts, int(tc.get("n_sample_images", 0)), seed,
+    sample_files = save_augmented_samples(datamodule, charts, int(tc["n_sample_images"]), seed,
                                           class_names)
     score = ckpt_cb.best_model_score
     best_epoch = None
