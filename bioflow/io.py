@@ -35,11 +35,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import h5py
 import numpy as np
+import tifffile
+from PIL import Image
 
 from bioflow.errors import BioflowError
 
@@ -103,12 +107,10 @@ def _read_raw(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
         raise _fail(path, "file not found; check the path")
     try:
         if ext in TIFF_EXTENSIONS:
-            import tifffile
             with tifffile.TiffFile(p) as tf:
                 series = tf.series[0]
                 return np.asarray(series.asarray()), series.axes
         if ext in PIL_EXTENSIONS:
-            from PIL import Image
             with Image.open(p) as img:
                 img.load()  # decodes now, so a truncated file fails here
                 return np.asarray(img), None
@@ -123,9 +125,8 @@ def _read_raw(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
                     raise _fail(path, f"no array '{key}' in the .npz; it holds {names}")
                 return z[key or names[0]], None
         if ext in HDF5_EXTENSIONS:
-            import h5py
             with h5py.File(p, "r") as f:
-                name = key or _first_dataset(f)
+                name = key or first_dataset(f)
                 if name is None or name not in f or not isinstance(f[name], h5py.Dataset):
                     raise _fail(path, f"no dataset '{key}' in the HDF5 file" if key
                                 else "the HDF5 file holds no dataset")
@@ -139,8 +140,7 @@ def _read_raw(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
                       f"{', '.join(IMAGE_EXTENSIONS)}")
 
 
-def _first_dataset(f) -> str | None:
-    import h5py
+def first_dataset(f) -> str | None:
     found = []
 
     def visit(name, obj):
@@ -306,14 +306,12 @@ def image_info(path: str | os.PathLike, ndim: int = 2, channels: int | None = No
     axes = None
     try:
         if ext in TIFF_EXTENSIONS:
-            import tifffile
             with tifffile.TiffFile(p) as tf:
                 s = tf.series[0]
                 shape, dtype, axes = tuple(s.shape), np.dtype(s.dtype), s.axes
         elif ext in PIL_EXTENSIONS:
             if ndim == 3:
                 raise _fail(path, "PNG/JPG files hold 2D images but experiment.ndim is 3")
-            from PIL import Image
             with Image.open(p) as img:
                 if img.mode not in _PIL_MODES:
                     raise _fail(path, f"unsupported PNG/JPG mode {img.mode}")
@@ -325,9 +323,8 @@ def image_info(path: str | os.PathLike, ndim: int = 2, channels: int | None = No
             shape, dtype = tuple(a.shape), a.dtype
             del a
         elif ext in HDF5_EXTENSIONS:
-            import h5py
             with h5py.File(p, "r") as f:
-                name = key or _first_dataset(f)
+                name = key or first_dataset(f)
                 if name is None or name not in f:
                     raise _fail(path, "no such dataset in the HDF5 file")
                 shape, dtype = tuple(f[name].shape), f[name].dtype
@@ -348,26 +345,52 @@ def image_info(path: str | os.PathLike, ndim: int = 2, channels: int | None = No
 
 # --- writing -------------------------------------------------------------------------
 
+class AtomicFile:
+    """A write to ``path`` through a hidden temporary sibling ``tmp``: :meth:`commit` renames it
+    over ``path``, :meth:`discard` removes it. The one atomic-write mechanism of bioflow;
+    :func:`atomic_path` is its context-manager form, this class serves writes that span calls
+    (a memmapped output filled tile row by tile row).
+
+    The temporary name keeps the suffix (writers that pick a format by extension work) and
+    starts with a dot (folder listings skip it).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.tmp{self.path.suffix}")
+
+    def commit(self) -> Path:
+        if not self.tmp.exists():
+            raise FileNotFoundError(f"{self.tmp}: nothing was written to the temporary path")
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        _remove(self.tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a hidden temporary path next to ``path``; rename it over ``path`` on success.
 
-    The temporary name keeps the suffix (writers that pick a format by extension work) and
-    starts with a dot (folder listings skip it). On an exception it is removed and nothing is
-    left at ``path``'s place; an existing ``path`` is left untouched. Works for folders too
-    when ``path`` does not exist yet.
+    On an exception it is removed and nothing is left at ``path``'s place; an existing
+    ``path`` is left untouched. Works for folders too when ``path`` does not exist yet.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    f = AtomicFile(path)
     try:
-        yield tmp
-        if not tmp.exists():
-            raise FileNotFoundError(f"{tmp}: nothing was written to the temporary path")
-        os.replace(tmp, path)
+        yield f.tmp
+        f.commit()
     except BaseException:
-        _remove(tmp)
+        f.discard()
         raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 @contextlib.contextmanager
@@ -378,7 +401,6 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     deleted (two renames: a killed job leaves either the old or the new tree, plus at most a
     hidden leftover). On an exception the temporary folder is removed and ``path`` kept.
     """
-    import shutil
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -398,7 +420,6 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _remove(p: Path) -> None:
-    import shutil
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
     elif p.exists() or p.is_symlink():
@@ -464,7 +485,6 @@ def write_image(path: str | os.PathLike, array: np.ndarray, channels_last: bool 
     squeezed = arr[..., 0] if channels_last and arr.ndim >= 3 and arr.shape[-1] == 1 else arr
     with atomic_path(p) as tmp:
         if ext in TIFF_EXTENSIONS:
-            import tifffile
             kw = {"compression": compression} if compression else {}
             if channels_last and squeezed.ndim == arr.ndim and arr.ndim >= 3:
                 axes = ("ZYXC" if arr.ndim == 4 else "YXC")
@@ -478,14 +498,12 @@ def write_image(path: str | os.PathLike, array: np.ndarray, channels_last: bool 
         elif ext == ".npz":
             np.savez_compressed(tmp, **{key or "image": arr})
         else:
-            import h5py
             with h5py.File(tmp, "w") as f:
                 f.create_dataset(key or "image", data=arr, compression=compression)
     return p
 
 
 def _write_pil(tmp: Path, arr: np.ndarray, path) -> None:
-    from PIL import Image
     ok = (arr.ndim == 2 and arr.dtype in (np.uint8, np.uint16)) or \
          (arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8)
     if not ok:

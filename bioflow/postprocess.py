@@ -16,9 +16,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import tifffile
 from scipy import ndimage
 
 from bioflow.errors import BioflowError
+from bioflow.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +61,9 @@ def _prediction_files(in_dir: Path) -> list[Path]:
 
 def run(cfg: dict, in_dir, out_dir) -> list[Path]:
     """Stage postprocess: filter every prediction of ``in_dir`` into ``out_dir`` (same names)."""
-    import tifffile
-    from bioflow.io import atomic_path
 
-    pcfg = cfg.get("postprocess") or {}
-    z, yz = int(pcfg.get("z_filter", 0)), int(pcfg.get("yz_filter", 0))
+    pcfg = cfg["postprocess"]
+    z, yz = int(pcfg["z_filter"]), int(pcfg["yz_filter"])
     ndim = int(cfg["experiment"]["ndim"])
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     files = _prediction_files(in_dir)

@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from bioflow.config import validate
 from bioflow.training.engine import BioflowModule, fit
 
 
@@ -65,13 +66,13 @@ class TinyData(pl.LightningDataModule):
 def main(out_dir: str, devices: str, strategy: str) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = {"experiment": {"name": "ddp", "workflow": "classification", "run_ids": [1]},
-           "data": {}, "model": {"architecture": "linear"},
-           "train": {"epochs": 2, "patience": 0, "optimizer": "adam", "lr": 1e-2,
-                     "weight_decay": 0.0, "scheduler": "none", "warmup_epochs": 0,
-                     "precision": "32", "n_sample_images": 0, "num_workers": 0,
-                     "devices": int(devices) if devices.isdigit() else devices,
-                     "strategy": strategy}}
+    cfg = validate({"experiment": {"name": "ddp", "workflow": "classification", "run_ids": [1]},
+                    "data": {"train": str(out)}, "model": {"architecture": "linear"},
+                    "train": {"epochs": 2, "patience": 0, "optimizer": "adam", "lr": 1e-2,
+                              "weight_decay": 0.0, "scheduler": "none", "warmup_epochs": 0,
+                              "precision": "32", "n_sample_images": 0, "num_workers": 0,
+                              "devices": int(devices) if devices.isdigit() else devices,
+                              "strategy": strategy}})
     torch.manual_seed(0)
     module = RankProbe(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, cfg["train"],
                        hparams={"cfg": cfg}, probe_dir=str(out))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bioflow.training.augment import affine_matrix, augment, tta_ops
+from bioflow.data.augment import affine_matrix, augment, predict_tta, tta_flags, tta_ops, tta_transforms
 
 ALL = {"enabled": True, "flips": True, "rot90": True, "affine": False, "brightness_contrast": False,
        "gaussian_noise": False, "probability": 1.0}
@@ -74,10 +74,48 @@ def test_disabled_and_nonsquare():
 def test_tta_ops_invert():
     x = torch.randn(2, 1, 4, 6, 6)
     ops = tta_ops(x.shape[2:])
-    assert len(ops) == 1 + 3 + 3
+    assert len(ops) == 2 * 8  # z flip x the 8 symmetries of the square y-x plane
     for fwd, inv in ops:
         torch.testing.assert_close(inv(fwd(x)), x)
-    from bioflow.training.augment import tta_flags
-    assert len(tta_ops(x.shape[2:], flips=True, rot90=False)) == 1 + 3
-    assert tta_flags({"rot90": False}) == {"flips": True, "rot90": False}
-    assert tta_flags({"enabled": False}) == {"flips": False, "rot90": False}
+    assert len(tta_ops(x.shape[2:], flips=True, rot90=False)) == 2 ** 3
+    assert tta_flags({**ALL, "rot90": False}) == {"flips": True, "rot90": False}
+    assert tta_flags({**ALL, "enabled": False}) == {"flips": False, "rot90": False}
+
+
+@pytest.mark.parametrize("spatial,flags,n", [
+    ((8, 8), {}, 8), ((8, 6), {}, 4), ((4, 6, 8), {}, 8), ((4, 6, 6), {}, 16),
+    ((8, 8), {"rot90": False}, 4), ((8, 8), {"flips": False}, 4), ((8, 6), {"flips": False}, 2),
+])
+def test_tta_transforms_are_the_distinct_training_symmetries(spatial, flags, n):
+    tr = tta_transforms(spatial, **flags)
+    assert len(tr) == n and tr[0] == ((), 0)
+    if "flips" in flags:
+        assert all(f == () for f, _ in tr)
+    if "rot90" in flags:
+        assert all(k == 0 for _, k in tr)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 8, 8), (2, 1, 8, 6), (1, 1, 4, 6, 8)])
+def test_predict_tta_leaves_an_equivariant_model_unchanged(shape):
+    x = torch.rand(shape)
+    torch.testing.assert_close(predict_tta(lambda t: t * 2, x, tta_flags(ALL), dense=True), x * 2)
+    # classification: an invariant score (the mean) is unchanged too
+    torch.testing.assert_close(predict_tta(lambda t: t.mean((2, 3)), x[..., 0] if x.ndim == 5 else x,
+                                           tta_flags(ALL), dense=False),
+                               (x[..., 0] if x.ndim == 5 else x).mean((2, 3)))
+
+
+def test_predict_tta_averages_a_non_equivariant_model():
+    x = torch.zeros(1, 1, 4, 4)
+
+    def corner(t):  # marks the top-left pixel whatever the input: TTA spreads it to all corners
+        out = torch.zeros_like(t)
+        out[:, :, 0, 0] = 1
+        return out
+
+    y = predict_tta(corner, x, tta_flags(ALL), dense=True)[0, 0]
+    assert torch.isclose(y[0, 0], y[-1, -1]) and torch.isclose(y[0, -1], y[-1, 0]) and y[0, 0] > 0
+    assert torch.isclose(y.sum(), torch.tensor(1.0))
+    # without rotations and flips nothing is averaged
+    assert torch.equal(predict_tta(corner, x, tta_flags({**ALL, "enabled": False}), dense=True), corner(x))
+    assert torch.equal(predict_tta(corner, x, None, dense=True), corner(x))

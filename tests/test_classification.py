@@ -157,9 +157,8 @@ def test_preprocessed_images_are_cached_once(make_cfg, pneumonia_folders, monkey
     man, norm = _prepare(cfg)
     dc.clear_cache()
     calls = []
-    import bioflow.data.manifest as mm
-    real = mm.read_entry_image
-    monkeypatch.setattr(mm, "read_entry_image", lambda m, e: calls.append(e["path"]) or real(m, e))
+    real = dc.read_entry_image
+    monkeypatch.setattr(dc, "read_entry_image", lambda m, e: calls.append(e["path"]) or real(m, e))
     dm = dc.ClassificationDataModule(load_manifest(man), normalization.load_stats(norm), cfg["data"],
                                      cfg["train"])
     for _ in range(2):

@@ -8,7 +8,8 @@ import pytest
 from sklearn import metrics as skm
 
 from bioflow.metrics.classification import (binary_auc, bootstrap_ci, classification_metrics, evaluate,
-                                            macro_auc, metric_functions, multilabel_metrics)
+                                            macro_auc, multilabel_metrics)
+from bioflow.training.classification import metric_functions
 
 
 def _data(n=60, c=3, seed=0):
@@ -90,6 +91,30 @@ def test_epoch_metric_functions():
     assert fns["auc"](logits, target) == pytest.approx(1.0)
     assert fns["auc"](logits, torch.tensor([1, 1, 1])) == 0.5  # undefined -> neutral, not nan
     assert fns["bal_acc"](logits, target) == pytest.approx(0.75)
+
+
+def test_epoch_metrics_match_the_metrics_stage():
+    """torchmetrics during training, sklearn in the metrics stage: the same numbers, a class
+    missing from the val set left out of AUC and balanced accuracy in both."""
+    import torch
+    y, p = _data(n=50, c=4, seed=7)
+    y[y == 3] = 0  # class 3 absent
+    logits = torch.log(torch.from_numpy(p))
+    fns = metric_functions(False)
+    stage = classification_metrics(y, p, list("abcd"))
+    target = torch.from_numpy(y)
+    assert fns["acc"](logits, target) == pytest.approx(stage["accuracy"])
+    assert fns["auc"](logits, target) == pytest.approx(stage["auc"], abs=1e-5)
+    assert fns["bal_acc"](logits, target) == pytest.approx(stage["balanced_accuracy"])
+    rng = np.random.default_rng(3)
+    ym = rng.integers(0, 2, (40, 3))
+    ym[:, 2] = 1  # a label without negatives: AUC undefined, left out
+    pm = np.clip(ym * 0.4 + rng.random((40, 3)) * 0.6, 0.01, 0.99)
+    ml = metric_functions(True)
+    mstage = multilabel_metrics(ym, pm, list("abc"))
+    mlogits = torch.logit(torch.from_numpy(pm))
+    assert ml["auc"](mlogits, torch.from_numpy(ym).float()) == pytest.approx(mstage["auc"], abs=1e-5)
+    assert ml["f1"](mlogits, torch.from_numpy(ym).float()) == pytest.approx(mstage["f1_macro"])
 
 
 def _manifest(tmp_path, classes, multilabel=False):

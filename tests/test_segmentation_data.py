@@ -37,14 +37,6 @@ def test_patch_start_keeps_centre_inside():
     assert sd.patch_start((5, 50, 50), (10, 100, 100), (8, 32, 32)) == (1, 34, 34)
 
 
-def test_pad_min_reflects_small_images():
-    img = np.arange(12, dtype=np.float32).reshape(3, 4, 1)
-    mask = (img[..., 0] > 5).astype(np.uint8)
-    pi, pm = sd.pad_min(img, mask, (5, 4))
-    assert pi.shape == (5, 4, 1) and pm.shape == (5, 4)
-    assert np.array_equal(pi[3], img[1]) and np.array_equal(pm[4], mask[0])
-
-
 def test_to_channels():
     rgb = np.zeros((4, 4, 3), np.uint8)
     rgb[..., 0] = 100
@@ -84,7 +76,9 @@ def test_patch_datasets(shape, patch):
 
 
 def test_joint_augment_keeps_alignment():
-    cfg = {"experiment": {"ndim": 2}, "train": {"augmentation": {"enabled": True, "probability": 1.0}}}
+    aug_cfg = {"enabled": True, "flips": True, "rot90": True, "affine": False, "brightness_contrast": False,
+               "gaussian_noise": False, "probability": 1.0}
+    cfg = {"experiment": {"ndim": 2}, "train": {"augmentation": aug_cfg}}
     aug = sd.make_augment(cfg)
     mask = np.zeros((8, 8), np.uint8)
     mask[1, 2] = 1

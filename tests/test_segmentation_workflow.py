@@ -100,15 +100,29 @@ def test_patch_size_must_fit_the_model(make_cfg, dsb_folders):
 
 
 def test_precision_auto_resolution():
-    import torch
-    from bioflow.training.segmentation import resolve_precision, torch_counts
-    from bioflow.metrics.segmentation import confusion_counts
+    from bioflow.training.segmentation import resolve_precision
     explicit = {"train": {"precision": "32"}}
     assert resolve_precision(explicit) is explicit
     auto = resolve_precision({"train": {"precision": "auto"}})
     assert auto["train"]["precision"] in ("auto", "bf16-mixed")
-    # the validation counts in torch equal the metrics stage's numpy counts
+
+
+def test_validation_iou_is_the_metrics_stage_iou():
+    """One IoU definition: the training-time val_* equal the metrics stage's pooled scores, and a
+    class absent from prediction and truth is left out of the class mean in both."""
+    import torch
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
+    from bioflow.metrics.segmentation import confusion_counts, summarize
+    from bioflow.training.segmentation import val_scores
     rng = np.random.default_rng(0)
     p, t = rng.integers(0, 3, (2, 5, 6)), rng.integers(0, 3, (2, 5, 6))
-    assert np.array_equal(torch_counts(torch.from_numpy(p), torch.from_numpy(t), 3).numpy(),
-                          confusion_counts(p, t, 3))
+    p[p == 2], t[t == 2] = 1, 1  # class 2 absent from both
+    t[0, 0, 0] = 255  # ignored pixel
+    cm = multiclass_confusion_matrix(torch.from_numpy(p), torch.from_numpy(t), 3, ignore_index=255).numpy()
+    got = val_scores(cm, 3)
+    stage = summarize([confusion_counts(p, t, 3, ignore_index=255)], 3)
+    assert got["val_iou"] == pytest.approx(stage["foreground_pooled"])
+    assert got["val_miou"] == pytest.approx(stage["mean"])
+    assert stage["class_2"] is None  # undefined, not 1
+    per_class = [stage["class_0"], stage["class_1"]]
+    assert got["val_miou"] == pytest.approx(sum(per_class) / 2)

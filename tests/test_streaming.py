@@ -7,6 +7,7 @@ import pytest
 import tifffile
 import torch
 
+from bioflow.geometry import pad_indices
 from bioflow.inference import segmentation as seg, streaming, tiling
 from bioflow.models.segmentation import UNetND
 
@@ -75,8 +76,8 @@ def test_peak_memory_bounded_when_streaming(tmp_path):
     tifffile.imwrite(path, np.random.default_rng(0).random(shape).astype(np.float32))
     src = streaming.open_rows(path, 3, 1)
     plan = tiling.plan_tiles(shape, tile, 0.25, 2)
-    idx0 = tiling.pad_indices(shape[0], *plan.pad_width[0])
-    rest = [tiling.pad_indices(n, *pw) for n, pw in zip(shape[1:], plan.pad_width[1:])]
+    idx0 = pad_indices(shape[0], *plan.pad_width[0])
+    rest = [pad_indices(n, *pw) for n, pw in zip(shape[1:], plan.pad_width[1:])]
 
     def reader(a, b):
         rows = idx0[a:b]
@@ -86,7 +87,7 @@ def test_peak_memory_bounded_when_streaming(tmp_path):
             chunk = np.take(chunk, idx, axis=ax)
         return chunk.astype(np.float32)
 
-    out, tmp = streaming.output_memmap(tmp_path / "out.tif", (*shape, k), np.float32)
+    out, pending = streaming.output_memmap(tmp_path / "out.tif", (*shape, k), np.float32)
     predict_fn = lambda b: np.repeat(b, k, axis=-1)  # noqa: E731
 
     def write(a, rows):
@@ -96,7 +97,7 @@ def test_peak_memory_bounded_when_streaming(tmp_path):
     tiling.predict_tiled(reader, predict_fn, plan, k, write, "gaussian", 4)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    streaming.finish_output(out, tmp, tmp_path / "out.tif")
+    streaming.finish_output(out, pending)
     full = int(np.prod(shape)) * 4 * (1 + 2 * k + 1)       # input + accumulators + output, in memory
     row_bytes = int(np.prod(plan.padded_shape[1:])) * 4
     bound = (tile[0] + 2 * plan.core[0]) * row_bytes * (2 + 2 * k) + 4 * int(np.prod(tile)) * 4 * (1 + k) * 2

@@ -1,34 +1,10 @@
-"""Pure tiling functions: steps, weights, reconstruction, TTA."""
+"""Pure tiling functions: blending weights, tile plans, reconstruction."""
 
 import numpy as np
 import pytest
 
 from bioflow.errors import BioflowError
 from bioflow.inference import tiling
-
-
-@pytest.mark.parametrize("size,window,overlap", [
-    (256, 256, 0.25), (300, 128, 0.0), (300, 128, 0.5), (1000, 96, 0.25), (129, 128, 0.9), (7, 3, 0.3),
-])
-def test_steps_cover_exactly(size, window, overlap):
-    steps = tiling.compute_steps(size, window, overlap)
-    assert steps[0] == 0 and steps[-1] + window == size
-    assert steps == sorted(set(steps))
-    covered = np.zeros(size, int)
-    for s in steps:
-        covered[s:s + window] += 1
-    assert covered.min() >= 1
-    # the step never exceeds the target, so neighbours share at least `overlap` of the window
-    gaps = np.diff(steps)
-    if len(gaps):
-        assert gaps.max() <= max(1, window * (1 - overlap)) + 1e-9
-
-
-def test_steps_no_overlap_is_minimal():
-    assert tiling.compute_steps(512, 128, 0.0) == [0, 128, 256, 384]
-    assert tiling.compute_steps(128, 128, 0.5) == [0]
-    with pytest.raises(ValueError):
-        tiling.compute_steps(100, 128, 0.0)
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (8, 32, 48), (5,)])
@@ -49,12 +25,6 @@ def test_gaussian_weights_positive_centred(shape):
 def test_plan_rejects_too_much_padding():
     with pytest.raises(BioflowError, match="inference.padding"):
         tiling.plan_tiles((100, 100), (32, 32), 0.25, 16)
-
-
-def test_pad_indices_match_numpy_pad():
-    a = np.arange(10)
-    assert np.array_equal(a[tiling.pad_indices(10, 3, 5)], np.pad(a, (3, 5), mode="reflect"))
-    assert np.array_equal(tiling.pad_indices(1, 2, 2), np.zeros(5, int))
 
 
 def _identity(batch):
@@ -106,24 +76,3 @@ def test_rows_written_once_in_order():
     assert starts == sorted(starts) and starts[0] == 0
     assert sum(n for _, n in seen) == 50
     assert all(a + n == b for (a, n), (b, _) in zip(seen, seen[1:]))
-
-
-@pytest.mark.parametrize("ndim,shape", [(2, (2, 8, 8, 1)), (2, (2, 8, 6, 1)), (3, (1, 4, 6, 8, 1))])
-def test_tta_equivariant_model_is_unchanged(ndim, shape):
-    x = np.random.default_rng(2).random(shape).astype(np.float32)
-    np.testing.assert_allclose(tiling.apply_tta(x, _identity, ndim), x, atol=1e-6)
-    n = len(tiling.tta_transforms(ndim, shape[ndim - 1] == shape[ndim]))
-    assert n == 8 if ndim == 3 or shape[1] == shape[2] else n == 4
-
-
-def test_tta_averages_a_non_equivariant_model():
-    x = np.zeros((1, 4, 4, 1), np.float32)
-
-    def corner(batch):  # marks the top-left pixel whatever the input: TTA spreads it to all corners
-        out = np.zeros_like(batch)
-        out[:, 0, 0] = 1
-        return out
-
-    y = tiling.apply_tta(x, corner, 2)[0, ..., 0]
-    assert np.isclose(y[0, 0], y[-1, -1]) and np.isclose(y[0, -1], y[-1, 0]) and y[0, 0] > 0
-    assert np.isclose(y.sum(), 1.0)

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bioflow.models.checkpoint import load_model_from_checkpoint
 from bioflow.training import engine, optim
 
 
@@ -39,16 +40,20 @@ class ToyDM(pl.LightningDataModule):
 
 
 def _cfg(tmp_path, **train):
+    from bioflow.config import validate
     tc = {"epochs": 2, "patience": 0, "batch_size": 8, "optimizer": "adam", "lr": 1e-2,
-          "weight_decay": 0.0, "momentum": 0.9, "scheduler": "warmup_cosine", "warmup_epochs": 1,
-          "loss": "ce", "max_time_minutes": None, "steps_per_epoch": None, "precision": "auto",
-          "devices": "auto", "strategy": "auto", "n_sample_images": 2, "num_workers": 0}
+          "weight_decay": 0.0, "scheduler": "warmup_cosine", "warmup_epochs": 1, "n_sample_images": 2}
     tc.update(train)
-    return {"experiment": {"name": "toy", "workflow": "classification", "ndim": 2, "run_ids": [1],
-                           "result_dir": str(tmp_path)},
-            "data": {"channels": 1, "patch_size": [8, 8]},
-            "model": {"architecture": "simple_cnn", "n_classes": 2, "features": [4, 8]},
-            "train": tc}
+    return validate({"experiment": {"name": "toy", "workflow": "classification", "ndim": 2, "run_ids": [1],
+                                    "result_dir": str(tmp_path)},
+                     "data": {"train": str(tmp_path), "channels": 1, "patch_size": [8, 8]},
+                     "model": {"architecture": "simple_cnn", "n_classes": 2, "features": [4, 8]},
+                     "train": tc})
+
+
+def _train(**over) -> dict:
+    """The validated train section (schema defaults) with ``over`` applied."""
+    return {**_cfg("/tmp")["train"], **over}
 
 
 def _acc(logits, target):
@@ -86,7 +91,7 @@ def test_fit_writes_checkpoint_logs_charts_and_resumes(tmp_path):
     # the checkpoint alone rebuilds the model (no optimizer state in the declared copy)
     ck = torch.load(best, weights_only=False)
     assert "optimizer_states" not in ck and ck["hyper_parameters"]["class_names"] == ["a", "b"]
-    model, hp = engine.load_model_from_checkpoint(best)
+    model, hp = load_model_from_checkpoint(best)
     assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 2)
 
     # a "killed" run: the declared output is gone; rerun with more epochs resumes at epoch 2
@@ -155,14 +160,14 @@ def test_lr_factor_warmup_cosine_midpoint():
                                       ("sgd", torch.optim.SGD)])
 def test_optimizers(name, cls):
     p = [torch.nn.Parameter(torch.zeros(3))]
-    out = optim.configure(p, {"optimizer": name, "lr": 0.1, "weight_decay": 0.01, "scheduler": "none"}, 5, 2)
+    out = optim.configure(p, _train(optimizer=name, lr=0.1, weight_decay=0.01, scheduler="none"), 5, 2)
     assert isinstance(out["optimizer"], cls) and out["optimizer"].param_groups[0]["lr"] == 0.1
     assert "lr_scheduler" not in out
 
 
 def test_schedulers_step_the_lr():
     p = [torch.nn.Parameter(torch.zeros(3))]
-    out = optim.configure(p, {"optimizer": "sgd", "lr": 1.0, "scheduler": "one_cycle"}, 10, 2)
+    out = optim.configure(p, _train(optimizer="sgd", lr=1.0, scheduler="one_cycle", warmup_epochs=0), 10, 2)
     opt, sch = out["optimizer"], out["lr_scheduler"]["scheduler"]
     assert out["lr_scheduler"]["interval"] == "step"
     assert opt.param_groups[0]["lr"] == pytest.approx(1 / optim.ONE_CYCLE_DIV)
@@ -172,8 +177,8 @@ def test_schedulers_step_the_lr():
         sch.step()
         lrs.append(opt.param_groups[0]["lr"])
     assert max(lrs) == pytest.approx(1.0, abs=0.02) and lrs[-1] < 0.01
-    rop = optim.configure(p, {"optimizer": "adam", "lr": 1.0, "scheduler": "reduce_on_plateau",
-                              "patience": 4}, 10, 2, monitor="val_auc", mode="max")
+    rop = optim.configure(p, _train(optimizer="adam", lr=1.0, scheduler="reduce_on_plateau", patience=4), 10, 2,
+                         monitor="val_auc", mode="max")
     assert rop["lr_scheduler"]["monitor"] == "val_auc"
     assert isinstance(rop["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
 
@@ -182,9 +187,9 @@ def test_unknown_optimizer_and_scheduler_list_valid_names():
     from bioflow.errors import BioflowError
     p = [torch.nn.Parameter(torch.zeros(1))]
     with pytest.raises(BioflowError, match="train.optimizer.*adamw"):
-        optim.configure(p, {"optimizer": "lion", "lr": 1.0}, 1, 1)
+        optim.configure(p, _train(optimizer="lion", lr=1.0), 1, 1)
     with pytest.raises(BioflowError, match="train.scheduler.*warmup_cosine"):
-        optim.configure(p, {"optimizer": "adam", "lr": 1.0, "scheduler": "step"}, 1, 1)
+        optim.configure(p, _train(optimizer="adam", lr=1.0, scheduler="step"), 1, 1)
 
 
 def test_last_checkpoint_written_every_epoch_even_without_improvement(tmp_path):

@@ -1,1 +1,1 @@
-"""Data discovery, validation (manifest), normalization and datasets."""
+"""Data discovery, validation (manifest), normalization, datasets and augmentation (with TTA)."""

@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from bioflow.data.augment import augment
+from bioflow.data.manifest import read_entry_image
+from bioflow.data.normalization import normalize
 from bioflow.errors import BioflowError
 
 log = logging.getLogger(__name__)
@@ -82,10 +85,9 @@ def fit_to_size(image: np.ndarray, size: Sequence[int], mode: str = "resize") ->
 
 def preprocess(image: np.ndarray, stats: dict | None, data_cfg: dict) -> np.ndarray:
     """A ``(z,)y,x,c`` image as stored -> normalized ``(C, *patch_size)`` float32."""
-    from bioflow.data.normalization import normalize
-    x = normalize(image, stats, data_cfg.get("normalization") or {})
+    x = normalize(image, stats, data_cfg["normalization"])
     x = np.moveaxis(x, -1, 0)
-    return fit_to_size(x, data_cfg["patch_size"], data_cfg.get("resize", "resize"))
+    return fit_to_size(x, data_cfg["patch_size"], data_cfg["resize"])
 
 
 # --- dataset --------------------------------------------------------------------------------
@@ -99,13 +101,13 @@ class ClassificationDataset(Dataset):
                  meta_mean=None, meta_std=None, n_labels: int | None = None):
         self.manifest, self.entries, self.stats = manifest, list(entries), stats
         self.data_cfg = data_cfg
-        self.aug_cfg = aug_cfg if aug_cfg and aug_cfg.get("enabled", True) else None
+        self.aug_cfg = aug_cfg if aug_cfg and aug_cfg["enabled"] else None
         self.multilabel = multilabel
         self.n_labels = n_labels or len(manifest.get("classes") or [])
         self.meta_mean = None if meta_mean is None else np.asarray(meta_mean, np.float32)
         self.meta_std = None if meta_std is None else np.asarray(meta_std, np.float32)
-        ncfg = data_cfg.get("normalization") or {}
-        self._key = (tuple(data_cfg["patch_size"]), data_cfg.get("resize", "resize"),
+        ncfg = data_cfg["normalization"]
+        self._key = (tuple(data_cfg["patch_size"]), data_cfg["resize"],
                      repr(sorted(ncfg.items())), repr(None if stats is None else
                                                       (stats.get("mean"), stats.get("std"),
                                                        stats.get("percentile_low"), stats.get("max"))))
@@ -115,7 +117,6 @@ class ClassificationDataset(Dataset):
 
     def load(self, i: int) -> np.ndarray:
         """The preprocessed (not augmented) image; cached while the budget allows."""
-        from bioflow.data.manifest import read_entry_image
         e = self.entries[i]
         key = (e["path"],) + self._key
         x = _CACHE.get(key)
@@ -137,7 +138,6 @@ class ClassificationDataset(Dataset):
     def __getitem__(self, i):
         x = self.load(i)
         if self.aug_cfg is not None:
-            from bioflow.training.augment import augment
             # seed from torch's generator: seeded per run (and per worker) by Lightning
             rng = np.random.default_rng(int(torch.randint(0, 2 ** 31 - 1, (1,)).item()))
             x, _ = augment(x, None, self.aug_cfg, rng)
@@ -169,22 +169,22 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.multilabel = multilabel
         self.classes = list(manifest["classes"])
         sp = manifest["splits"]
-        if data_cfg.get("metadata_csv") and metadata is None:
+        if data_cfg["metadata_csv"] and metadata is None:
             metadata = metadata_stats(sp.get("train", []))
             if metadata is None:
-                raise BioflowError(f"data.metadata_csv: train images lack metadata in the manifest; "
-                                   f"rerun validate_dataset")
+                raise BioflowError("data.metadata_csv: train images lack metadata in the manifest; "
+                                   "rerun validate_dataset")
         self.metadata = metadata
         mm, ms = (metadata if metadata else (None, None))
         self.n_metadata = len(mm) if mm else 0
         kw = dict(multilabel=multilabel, meta_mean=mm, meta_std=ms, n_labels=len(self.classes))
-        aug = train_cfg.get("augmentation") or {}
+        aug = train_cfg["augmentation"]
         self.train_dataset = ClassificationDataset(manifest, sp.get("train", []), stats, data_cfg, aug, **kw)
         self.val_dataset = ClassificationDataset(manifest, sp.get("val", []), stats, data_cfg, None, **kw)
         self.test_dataset = ClassificationDataset(manifest, sp.get("test", []), stats, data_cfg, None, **kw)
-        self.batch_size = int(train_cfg.get("batch_size", 32))
+        self.batch_size = int(train_cfg["batch_size"])
         self.inference_batch = int(inference_batch or self.batch_size)
-        self.num_workers = int(train_cfg.get("num_workers", 0))
+        self.num_workers = int(train_cfg["num_workers"])
 
     def class_counts(self) -> list[int]:
         """Train images per class (multi-label: positives per label)."""
@@ -210,9 +210,3 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader(self.test_dataset, False, self.inference_batch)
-
-    def preload(self) -> None:
-        """Fill the in-memory cache (one pass over every split)."""
-        for ds in (self.train_dataset, self.val_dataset, self.test_dataset):
-            for i in range(len(ds)):
-                ds.load(i)

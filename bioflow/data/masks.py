@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import numpy as np
+from skimage.segmentation import find_boundaries
 
 from bioflow.errors import BioflowError
 
@@ -31,7 +32,6 @@ def apply_mask_transform(mask: np.ndarray, kind: str = "none") -> np.ndarray:
     if kind == "foreground":
         return (mask > 0).astype(np.uint8)
     if kind == "boundary_interior":
-        from skimage.segmentation import find_boundaries
         labels = mask if np.issubdtype(mask.dtype, np.integer) else mask.astype(np.int64)
         out = (labels > 0).astype(np.uint8) * 2
         out[find_boundaries(labels, mode="inner")] = 1

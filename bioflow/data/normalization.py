@@ -30,7 +30,9 @@ from typing import Iterable
 
 import numpy as np
 
+from bioflow.data.manifest import load_manifest, read_entry_image
 from bioflow.errors import BioflowError
+from bioflow.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def _norm_cfg(norm_cfg: dict | None) -> dict:
     """Accept ``cfg``, ``cfg["data"]`` or ``cfg["data"]["normalization"]``; fill defaults."""
     norm_cfg = dict(norm_cfg or {})
     if "data" in norm_cfg:
-        norm_cfg = dict(norm_cfg["data"].get("normalization") or {})
+        norm_cfg = dict(norm_cfg["data"]["normalization"])
     elif "normalization" in norm_cfg:
         norm_cfg = dict(norm_cfg["normalization"] or {})
     out = {"type": "zscore", "per_image": False, "percentiles": [1.0, 99.8]}
@@ -209,8 +211,6 @@ def compute_stats(images: Iterable[np.ndarray], percentiles=(1.0, 99.8), n_image
 
 def run(cfg: dict, manifest_path, json_path, mean_npy, std_npy) -> dict:
     """Stage norm_stats: statistics of the manifest's train split -> JSON + mean/std ``.npy``."""
-    from bioflow.data.manifest import load_manifest, read_entry_image
-    from bioflow.io import atomic_path, write_json
 
     ncfg = _norm_cfg(cfg)
     manifest = load_manifest(manifest_path)
@@ -236,7 +236,6 @@ def run(cfg: dict, manifest_path, json_path, mean_npy, std_npy) -> dict:
 
 def load_stats(json_path) -> dict:
     """Read ``normalization.json`` (BioflowError naming the file if absent or broken)."""
-    from bioflow.io import read_json
     stats = read_json(json_path)
     if not isinstance(stats, dict) or "mean" not in stats:
         raise BioflowError(f"{json_path}: not a bioflow normalization file; rerun norm_stats")

@@ -11,17 +11,25 @@ probability ``b`` and a uniformly drawn pixel otherwise, i.e.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
+from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global figure state
+from matplotlib.patches import Rectangle
 from torch.utils.data import DataLoader, Dataset
 
+from bioflow.data.augment import augment
+from bioflow.data.manifest import entries, read_entry_image, read_entry_mask, relative_name
+from bioflow.data.normalization import normalize
 from bioflow.errors import BioflowError
-from bioflow.io import to_grey
+from bioflow.geometry import compute_steps, pad_min
+from bioflow.io import atomic_path, to_grey, write_image
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +55,11 @@ def to_channels(image: np.ndarray, channels: int, path="<image>") -> np.ndarray:
 
 def read_image(manifest: dict, entry: dict) -> np.ndarray:
     """The entry's image as ``(z,)y,x,c`` with ``manifest['channels']`` channels, stored dtype."""
-    from bioflow.data.manifest import read_entry_image
     return to_channels(read_entry_image(manifest, entry), int(manifest["channels"]), entry["path"])
 
 
 def read_mask(manifest: dict, entry: dict) -> np.ndarray:
     """The entry's class-id mask ``(z,)y,x`` (``data.mask_transform`` applied)."""
-    from bioflow.data.manifest import read_entry_mask
     return read_entry_mask(manifest, entry)
 
 
@@ -72,7 +78,6 @@ def check_mask(mask: np.ndarray, n_classes: int, path, ignore_index=None) -> np.
 
 
 def load_normalized(manifest: dict, entry: dict, stats: dict | None, norm_cfg: dict) -> np.ndarray:
-    from bioflow.data.normalization import normalize
     return normalize(read_image(manifest, entry), stats, norm_cfg)
 
 
@@ -87,12 +92,11 @@ class Sample:
 def load_samples(manifest: dict, split: str, stats: dict | None, cfg: dict, with_masks: bool = True,
                  pad_to: Sequence[int] | None = None) -> list[Sample]:
     """Decode + normalise every image of ``split`` (and its mask), reflect-padded to ``pad_to``."""
-    from bioflow.data.manifest import entries, relative_name
     n_classes = int(cfg["model"]["n_classes"])
-    ignore = cfg.get("train", {}).get("ignore_index")
+    ignore = cfg["train"]["ignore_index"]
     out = []
     for e in entries(manifest, split):
-        img = load_normalized(manifest, e, stats, cfg["data"].get("normalization") or {})
+        img = load_normalized(manifest, e, stats, cfg["data"]["normalization"])
         mask = None
         if with_masks and e.get("mask"):
             mask = check_mask(read_mask(manifest, e), n_classes, e["mask"], ignore)
@@ -104,22 +108,6 @@ def load_samples(manifest: dict, split: str, stats: dict | None, cfg: dict, with
             img, mask = pad_min(img, mask, pad_to)
         out.append(Sample(relative_name(e), np.ascontiguousarray(img, dtype=np.float32), mask, tuple(shape)))
     return out
-
-
-def pad_min(image: np.ndarray, mask: np.ndarray | None, size: Sequence[int]):
-    """Reflect-pad (end of each axis) so every spatial axis is at least ``size``."""
-    sp = image.shape[:-1]
-    widths = [(0, max(0, int(t) - n)) for n, t in zip(sp, size)]
-    if not any(a for _, a in widths):
-        return image, mask
-    from bioflow.inference.tiling import pad_indices
-    for ax, (_, a) in enumerate(widths):
-        if a:
-            idx = pad_indices(sp[ax], 0, a)
-            image = np.take(image, idx, axis=ax)
-            if mask is not None:
-                mask = np.take(mask, idx, axis=ax)
-    return image, mask
 
 
 # --- patch sampling (pure) ---------------------------------------------------------------
@@ -203,8 +191,6 @@ class GridPatchDataset(Dataset):
     """Deterministic non-overlapping patches covering every image (validation, per-patch metrics)."""
 
     def __init__(self, samples: list[Sample], patch: Sequence[int], max_patches: int | None = None):
-        from bioflow.inference.tiling import compute_steps
-        import itertools
         self.samples = samples
         self.patch = tuple(int(p) for p in patch)
         items = []
@@ -237,11 +223,10 @@ def to_tensors(x: np.ndarray, y: np.ndarray):
 
 def make_augment(cfg: dict) -> Callable | None:
     """Joint image + mask augmentation (``train.augmentation``) from the shared
-    ``bioflow.training.augment``; takes and returns channels-last patches."""
-    acfg = cfg["train"].get("augmentation") or {}
-    if not acfg.get("enabled", True):
+    ``bioflow.data.augment``; takes and returns channels-last patches."""
+    acfg = cfg["train"]["augmentation"]
+    if not acfg["enabled"]:
         return None
-    from bioflow.training.augment import augment
 
     def run(x, y, rng):
         xc, yc = augment(np.moveaxis(x, -1, 0), y, acfg, rng)
@@ -254,11 +239,6 @@ def make_augment(cfg: dict) -> Callable | None:
 
 def save_sample_figures(dataset: PatchDataset, out_dir, n: int, seed: int = 0) -> list[Path]:
     """A few images with the sampled patch square and its centre marked on image and mask."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-    from bioflow.io import atomic_path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -272,7 +252,8 @@ def save_sample_figures(dataset: PatchDataset, out_dir, n: int, seed: int = 0) -
             centre, start, patch = centre[1:], start[1:], dataset.patch[1:]
         else:
             patch = dataset.patch
-        fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+        fig = Figure(figsize=(8, 4))
+        axes = fig.subplots(1, 2)
         shown = img[..., 0] if img.shape[-1] != 3 else np.clip((img - img.min()) / (np.ptp(img) + 1e-8), 0, 1)
         for ax, data, title in ((axes[0], shown, "image"), (axes[1], mask, "mask")):
             ax.imshow(data, cmap="gray" if data.ndim == 2 else None, interpolation="nearest")
@@ -285,14 +266,12 @@ def save_sample_figures(dataset: PatchDataset, out_dir, n: int, seed: int = 0) -
         path = out_dir / f"patch_sample_{k}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=80, format="png")
-        plt.close(fig)
         paths.append(path)
     return paths
 
 
 def save_probability_maps(samples: list[Sample], foreground_bias: float, out_dir) -> list[Path]:
     """Write each training image's probability map as a float32 TIFF (same base name)."""
-    from bioflow.io import write_image
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -305,23 +284,7 @@ def save_probability_maps(samples: list[Sample], foreground_bias: float, out_dir
 
 # --- the datamodule ----------------------------------------------------------------------
 
-def split_val(samples: list[Sample], fraction: float, seed: int):
-    """Seeded random split of the train samples (used when the manifest has no val split)."""
-    n_val = max(1, int(round(len(samples) * fraction))) if len(samples) > 1 else 0
-    order = np.random.default_rng(seed).permutation(len(samples))
-    val_idx = set(order[:n_val].tolist())
-    return ([s for i, s in enumerate(samples) if i not in val_idx],
-            [s for i, s in enumerate(samples) if i in val_idx])
-
-
-try:
-    import pytorch_lightning as pl
-    _DMBase = pl.LightningDataModule
-except ImportError:  # pragma: no cover
-    _DMBase = object
-
-
-class SegmentationDataModule(_DMBase):
+class SegmentationDataModule(pl.LightningDataModule):
     """Train patches (random, foreground-biased) and val patches (grid) from in-memory samples."""
 
     def __init__(self, cfg: dict, train: list[Sample], val: list[Sample], seed: int = 0,
@@ -330,15 +293,15 @@ class SegmentationDataModule(_DMBase):
         self.cfg = cfg
         d, t = cfg["data"], cfg["train"]
         patch = d["patch_size"]
-        sampling = d.get("sampling") or {}
-        per_image = int(sampling.get("patches_per_image", 8))
+        sampling = d["sampling"]
+        per_image = int(sampling["patches_per_image"])
         bs = int(t["batch_size"])
-        length = int(t["steps_per_epoch"]) * bs if t.get("steps_per_epoch") else per_image * len(train)
-        self.train_dataset = PatchDataset(train, patch, max(length, bs), float(sampling.get("foreground_bias", 0.0)),
+        length = int(t["steps_per_epoch"]) * bs if t["steps_per_epoch"] else per_image * len(train)
+        self.train_dataset = PatchDataset(train, patch, max(length, bs), float(sampling["foreground_bias"]),
                                       make_augment(cfg), seed)
         self.val_dataset = GridPatchDataset(val, patch, max_val_patches) if val else None
         self.batch_size = bs
-        self.num_workers = int(t.get("num_workers", 0))
+        self.num_workers = int(t["num_workers"])
 
     def _loader(self, ds, shuffle):
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,

@@ -18,19 +18,25 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
+from bioflow.data.augment import predict_tta, tta_flags
+from bioflow.data.classification import ClassificationDataset
+from bioflow.data.manifest import load_manifest
+from bioflow.data.normalization import load_stats
 from bioflow.errors import BioflowError
+from bioflow.io import atomic_path
+from bioflow.models.checkpoint import load_model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def predict_proba(model, loader, device, tta: bool = False, multilabel: bool = False,
-                  tta_flags: dict | None = None) -> np.ndarray:
+def predict_proba(model, loader, device, multilabel: bool = False, tta: dict | None = None) -> np.ndarray:
     """Probabilities ``(N, C)`` for every item of ``loader`` (softmax, or sigmoid for multi-label);
-    ``tta``: averaged over the :func:`~bioflow.training.augment.tta_ops` allowed by ``tta_flags``."""
-    from bioflow.training.augment import tta_ops
+    ``tta``: :func:`~bioflow.data.augment.tta_flags` of the training augmentation to average
+    over those transforms, None for none."""
     act = torch.sigmoid if multilabel else (lambda t: torch.softmax(t, 1))
     out = []
     model.eval().to(device)
@@ -38,12 +44,11 @@ def predict_proba(model, loader, device, tta: bool = False, multilabel: bool = F
         x = batch["image"].to(device)
         meta = batch.get("meta")
         meta = None if meta is None else meta.to(device)
-        ops = tta_ops(x.shape[2:], **(tta_flags or {})) if tta else [(lambda t: t, None)]
-        p = 0
-        for fwd, _ in ops:
-            logits = model(fwd(x)) if meta is None else model(fwd(x), meta)
-            p = p + act(logits.float())
-        out.append((p / len(ops)).cpu().numpy())
+
+        def probs(t, meta=meta):
+            return act((model(t) if meta is None else model(t, meta)).float())
+
+        out.append(predict_tta(probs, x, tta, dense=False).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
@@ -58,14 +63,6 @@ def _display_name(entry: dict, test_root: str | None) -> str:
 
 
 def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> Path:
-    import pandas as pd
-
-    from bioflow.data.classification import ClassificationDataset
-    from bioflow.data.manifest import load_manifest
-    from bioflow.data.normalization import load_stats
-    from bioflow.io import atomic_path
-    from bioflow.training.engine import load_model_from_checkpoint
-
     model, hp = load_model_from_checkpoint(ckpt_path)
     manifest = load_manifest(manifest_path)
     stats = load_stats(norm_path)
@@ -84,22 +81,20 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
                            f"fuses metadata, add rows for the test images")
     ds = ClassificationDataset(manifest, entries, stats, train_data_cfg, None, multilabel,
                                meta_mean, hp.get("metadata_std"), len(names))
-    inf = cfg.get("inference", {})
-    loader = torch.utils.data.DataLoader(ds, batch_size=int(inf.get("batch_size", 8)) * 4, shuffle=False,
-                                         num_workers=int(cfg.get("train", {}).get("num_workers", 0)))
+    inf = cfg["inference"]
+    loader = torch.utils.data.DataLoader(ds, batch_size=int(inf["batch_size"]) * 4, shuffle=False,
+                                         num_workers=int(cfg["train"]["num_workers"]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from bioflow.training.augment import tta_flags
-    # TTA uses only the transforms the model was trained with (no rotations for a model
-    # trained without rot90, e.g. chest X-rays)
-    flags = tta_flags(hp["cfg"]["train"].get("augmentation"))
-    probs = predict_proba(model, loader, device, bool(inf.get("tta", False)), multilabel, flags)
+    # TTA uses only the transforms the model was trained with
+    flags = tta_flags(hp["cfg"]["train"]["augmentation"]) if inf["tta"] else None
+    probs = predict_proba(model, loader, device, multilabel, flags)
 
     test_root = (manifest.get("data_paths") or {}).get("test")
     rows = []
     for e, p in zip(entries, probs):
         row = {"file": _display_name(e, test_root)}
         if multilabel:
-            pred = (p >= float(inf.get("binarize_threshold", 0.5))).astype(int)
+            pred = (p >= float(inf["binarize_threshold"])).astype(int)
             true = e.get("label")
             row["true_class"] = "" if true is None else ";".join(n for n, t in zip(names, true) if t)
             row["pred_class"] = ";".join(n for n, t in zip(names, pred) if t)
@@ -120,5 +115,5 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
     out = run_dir / "predictions.csv"
     with atomic_path(out) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
-    log.info("predict run %s: %d test images -> %s (tta %s)", run_id, len(rows), out, inf.get("tta"))
+    log.info("predict run %s: %d test images -> %s (tta %s)", run_id, len(rows), out, inf["tta"])
     return out

@@ -21,14 +21,26 @@ the in-memory one. Needs only the checkpoint and the normalization statistics.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import tifffile
 import torch
 
+from bioflow.data.augment import predict_tta, tta_flags
+from bioflow.data.manifest import entries, load_manifest, relative_name
+from bioflow.data.normalization import compute_stats, load_stats, normalize
+from bioflow.data.segmentation import check_mask, read_mask, to_channels
 from bioflow.errors import BioflowError
+from bioflow.geometry import pad_indices, pad_min
 from bioflow.inference import streaming, tiling
+from bioflow.io import atomic_path, write_json
+from bioflow.metrics.segmentation import confusion_counts
+from bioflow.models.checkpoint import load_model_from_checkpoint
+from bioflow.models.segmentation import size_divisor
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +54,20 @@ def device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def make_predict_fn(model, ndim: int, tta: bool = False):
-    """``(B, *spatial, c)`` float32 numpy -> ``(B, *spatial, K)`` softmax probabilities."""
+def make_predict_fn(model, tta: dict | None = None):
+    """``(B, *spatial, c)`` float32 numpy -> ``(B, *spatial, K)`` softmax probabilities;
+    ``tta``: :func:`~bioflow.data.augment.tta_flags` of the training augmentation, or None."""
     dev = device_of(model)
+
+    def probs(x):
+        return torch.softmax(model(x).float(), dim=1)
 
     def run(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(batch, -1, 1))).to(dev)
         with torch.inference_mode():
-            p = torch.softmax(model(x).float(), dim=1)
+            p = predict_tta(probs, x, tta, dense=True)
         return np.moveaxis(p.cpu().numpy(), 1, -1)
 
-    if tta:
-        return lambda batch: tiling.apply_tta(batch, run, ndim)
     return run
 
 
@@ -79,7 +93,7 @@ def pad_to_divisor(image: np.ndarray, div: int) -> np.ndarray:
     for ax, n in enumerate(image.shape[:-1]):
         extra = (-n) % div
         if extra:
-            out = np.take(out, tiling.pad_indices(n, 0, extra), axis=ax)
+            out = np.take(out, pad_indices(n, 0, extra), axis=ax)
     return out
 
 
@@ -93,8 +107,6 @@ def predict_whole(image: np.ndarray, predict_fn, div: int) -> np.ndarray:
 def patch_counts(image: np.ndarray, mask: np.ndarray, predict_fn, tile, n_classes: int,
                  batch_size: int, ignore_index=None) -> list[dict]:
     """Per-patch TP/FP/FN of the raw model output on non-overlapping patches (BiaPy per_patch)."""
-    from bioflow.data.segmentation import pad_min
-    from bioflow.metrics.segmentation import confusion_counts
     spatial = image.shape[:-1]
     img, _ = pad_min(image, None, tile)
     starts = [tuple(s) for s in tiling.plan_tiles(img.shape[:-1], tile, 0.0, 0).starts()]
@@ -122,11 +134,11 @@ class _Outputs:
         self.spatial, self.k, self.argmax, self.streamed, self.thr = tuple(spatial), n_classes, argmax, streamed, threshold
         pshape = self.spatial if argmax else (*self.spatial, n_classes)
         pdtype = np.uint8 if argmax else np.float32
-        self.arrays, self.tmps = {}, {}
+        self.arrays, self.pending = {}, {}
         for f in ("per_image", "per_image_binarized"):
             shape, dtype = (pshape, pdtype) if f == "per_image" else (self.spatial, np.uint8)
             if streamed:
-                self.arrays[f], self.tmps[f] = streaming.output_memmap(self.paths[f], shape, dtype)
+                self.arrays[f], self.pending[f] = streaming.output_memmap(self.paths[f], shape, dtype)
             else:
                 self.arrays[f] = np.empty(shape, dtype)
 
@@ -135,11 +147,9 @@ class _Outputs:
         self.arrays["per_image_binarized"][a:a + len(probs)] = binarize(probs, self.thr)
 
     def finish_tiled(self):
-        from bioflow.io import atomic_path
-        import tifffile
         for f in ("per_image", "per_image_binarized"):
             if self.streamed:
-                streaming.finish_output(self.arrays[f], self.tmps[f], self.paths[f])
+                streaming.finish_output(self.arrays[f], self.pending[f])
             else:
                 self.paths[f].parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(self.paths[f]) as tmp:
@@ -147,21 +157,17 @@ class _Outputs:
         self.arrays.clear()
 
     def abort(self):
-        for tmp in self.tmps.values():
-            streaming.abort_output(tmp)
+        for pending in self.pending.values():
+            streaming.abort_output(pending)
 
 
 def _write(path: Path, arr: np.ndarray):
-    import tifffile
-    from bioflow.io import atomic_path
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, arr, compression="zlib", photometric="minisblack")
 
 
 def _copy(src: Path, dst: Path):
-    import shutil
-    from bioflow.io import atomic_path
     dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
@@ -170,29 +176,25 @@ def _copy(src: Path, dst: Path):
 def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir: Path,
                   mask: np.ndarray | None = None, memory_budget_mb: float | None = None) -> dict:
     """Predict one manifest entry into the four output folders; returns its CSV row."""
-    from bioflow.data.manifest import relative_name
-    from bioflow.data.normalization import normalize
-    from bioflow.data.segmentation import to_channels
-    from bioflow.models.segmentation import size_divisor
-
     inf = cfg["inference"]
     ndim = int(cfg["experiment"]["ndim"])
     n_classes = int(cfg["model"]["n_classes"])
     channels = int(manifest["channels"])
     tile = [int(t) for t in cfg["data"]["patch_size"]]
-    norm_cfg = cfg["data"].get("normalization") or {}
-    budget = float(memory_budget_mb if memory_budget_mb is not None else inf.get("memory_budget_mb", 2048)) * 2**20
-    predict_fn = make_predict_fn(model, ndim, bool(inf.get("tta", False)))
+    norm_cfg = cfg["data"]["normalization"]
+    budget = float(memory_budget_mb if memory_budget_mb is not None else inf["memory_budget_mb"]) * 2**20
+    # TTA uses only the transforms the model was trained with
+    predict_fn = make_predict_fn(model, tta_flags(cfg["train"]["augmentation"]) if inf["tta"] else None)
     div = size_divisor(model)
     name = relative_name(entry)
     stem = Path(name).stem
-    thr = float(inf.get("binarize_threshold", 0.5))
-    argmax = bool(inf.get("argmax", True))
+    thr = float(inf["binarize_threshold"])
+    argmax = bool(inf["argmax"])
 
     src = streaming.open_rows(entry["path"], ndim, channels, manifest.get("channel_axis", "auto"))
     try:
         spatial = src.shape[:-1]
-        plan = tiling.plan_tiles(spatial, tile, float(inf.get("overlap", 0.25)), int(inf.get("padding", 0)))
+        plan = tiling.plan_tiles(spatial, tile, float(inf["overlap"]), int(inf["padding"]))
         need = in_memory_bytes(spatial, channels, n_classes, plan)
         streamed = need > budget
         row = {"file": name, "shape": "x".join(map(str, spatial)), "streamed": streamed}
@@ -202,14 +204,14 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
             padded = tiling.pad_image(image, plan)
             reader = lambda a, b: padded[a:b]  # noqa: E731
         else:
-            if norm_cfg.get("per_image"):
+            if norm_cfg["per_image"]:
                 log.warning("%s: per-image normalization of a streamed image uses the statistics of "
                             "a row subsample", entry["path"])
                 stats = _subsample_stats(src, channels, entry["path"], norm_cfg)
                 norm_cfg = {**norm_cfg, "per_image": False}
             image = None
-            idx0 = tiling.pad_indices(spatial[0], *plan.pad_width[0])
-            rest = [tiling.pad_indices(n, *pw) for n, pw in zip(spatial[1:], plan.pad_width[1:])]
+            idx0 = pad_indices(spatial[0], *plan.pad_width[0])
+            rest = [pad_indices(n, *pw) for n, pw in zip(spatial[1:], plan.pad_width[1:])]
 
             def reader(a, b):
                 rows = idx0[a:b]
@@ -224,7 +226,7 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
         outs = _Outputs(run_dir, stem, spatial, n_classes, argmax, streamed, thr)
         try:
             tiling.predict_tiled(reader, predict_fn, plan, n_classes, outs.write_rows,
-                                 inf.get("blending", "gaussian"), int(inf.get("batch_size", 8)))
+                                 inf["blending"], int(inf["batch_size"]))
             outs.finish_tiled()
         except BaseException:
             outs.abort()
@@ -235,7 +237,7 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
         # whole-image inference when it fits, else the tiled result stands in
         padded_px = int(np.prod([n + (-n) % div for n in spatial]))
         fits = image is not None and padded_px * (ACTIVATION_BYTES_PER_PIXEL + 4 * (channels + n_classes)) <= budget
-        if not inf.get("full_image", True):
+        if not inf["full_image"]:
             row["full_image_mode"] = "off"
         elif fits:
             probs = predict_whole(image, predict_fn, div)
@@ -252,7 +254,7 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
 
         if mask is not None and image is not None:
             row["_patches"] = patch_counts(image, mask, predict_fn, tile, n_classes,
-                                           int(inf.get("batch_size", 8)), cfg["train"].get("ignore_index"))
+                                           int(inf["batch_size"]), cfg["train"]["ignore_index"])
         row["seconds"] = round(time.time() - t0, 3)
         return row
     finally:
@@ -261,23 +263,14 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
 
 def _subsample_stats(src, channels, path, norm_cfg) -> dict:
     """Statistics of every k-th row (at most ~64) for per-image normalization of a streamed image."""
-    from bioflow.data.normalization import compute_stats
-    from bioflow.data.segmentation import to_channels
     n = src.shape[0]
     rows = np.unique(np.linspace(0, n - 1, min(n, 64)).astype(int))
     imgs = (to_channels(src.read(int(r), int(r) + 1), channels, path) for r in rows)
-    return compute_stats(imgs, norm_cfg.get("percentiles", (1.0, 99.8)), n_images=len(rows))
+    return compute_stats(imgs, norm_cfg["percentiles"], n_images=len(rows))
 
 
 def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> Path:
     """Stage predict (see the module docstring). Returns the path of ``predictions.csv``."""
-    import pandas as pd
-    from bioflow.data.manifest import entries, load_manifest
-    from bioflow.data.normalization import load_stats
-    from bioflow.data.segmentation import check_mask, read_mask
-    from bioflow.io import atomic_path, write_json
-    from bioflow.training.engine import load_model_from_checkpoint
-
     run_dir = Path(run_dir)
     manifest = load_manifest(manifest_path)
     test = entries(manifest, "test")
@@ -287,20 +280,22 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
     if torch.cuda.is_available():
         model = model.cuda()
     trained = hp["cfg"]
-    # what the model was trained with wins for the model-side keys
+    # what the model was trained with wins for the model-side keys (and TTA follows the
+    # training augmentation)
     cfg = {**cfg, "model": trained["model"],
-           "data": {**cfg["data"], "normalization": trained["data"].get("normalization") or {},
-                    "channels": trained["data"]["channels"]}}
+           "data": {**cfg["data"], "normalization": trained["data"]["normalization"],
+                    "channels": trained["data"]["channels"]},
+           "train": {**cfg["train"], "augmentation": trained["train"]["augmentation"]}}
     stats = load_stats(norm_path) if norm_path and Path(norm_path).is_file() else hp.get("normalization")
     n_classes = int(cfg["model"]["n_classes"])
-    use_masks = bool(cfg["data"].get("test_has_labels", True))
+    use_masks = bool(cfg["data"]["test_has_labels"])
 
     rows, patches = [], []
     t0 = time.time()
     for e in test:
         mask = None
         if use_masks and e.get("mask"):
-            mask = check_mask(read_mask(manifest, e), n_classes, e["mask"], cfg["train"].get("ignore_index"))
+            mask = check_mask(read_mask(manifest, e), n_classes, e["mask"], cfg["train"]["ignore_index"])
         row = predict_image(e, manifest, model, cfg, stats, run_dir, mask)
         for p in row.pop("_patches", []):
             patches.append({"file": row["file"], **p})

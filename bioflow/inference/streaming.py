@@ -18,11 +18,13 @@ half-written and the output never has to fit in memory.
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from pathlib import Path
 
+import h5py
 import numpy as np
+import tifffile
+
+from bioflow.io import AtomicFile, first_dataset, image_info, read_image, split_key
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,6 @@ def _as_rows(raw_shape, shape_cl):
 
 def open_rows(path, ndim: int, channels: int | None, channel_axis="auto") -> RowSource:
     """Open ``path`` for row-wise reading (see the module docstring)."""
-    from bioflow.io import image_info, read_image, split_key
 
     shape, dtype = image_info(path, ndim, channels, channel_axis)
     p, key = split_key(path)
@@ -69,7 +70,6 @@ def open_rows(path, ndim: int, channels: int | None, channel_axis="auto") -> Row
     close = None
     try:
         if ext in (".tif", ".tiff"):
-            import tifffile
             try:
                 raw = tifffile.memmap(p, mode="r")
             except (ValueError, TypeError, OSError):
@@ -85,10 +85,8 @@ def open_rows(path, ndim: int, channels: int | None, channel_axis="auto") -> Row
         elif ext == ".npy":
             raw = np.load(p, mmap_mode="r", allow_pickle=False)
         elif ext in (".h5", ".hdf5", ".hdf"):
-            import h5py
-            from bioflow.io import _first_dataset
             f = h5py.File(p, "r")
-            raw = f[key or _first_dataset(f)]
+            raw = f[key or first_dataset(f)]
             close = f.close
     except Exception as exc:  # noqa: BLE001 - fall back to a full read below
         log.warning("%s: cannot open for chunked reading (%s); reading it whole", path, exc)
@@ -103,26 +101,20 @@ def open_rows(path, ndim: int, channels: int | None, channel_axis="auto") -> Row
     return RowSource(full.shape, full.dtype, lambda a, b: full[a:b], False)
 
 
-def output_memmap(path, shape, dtype) -> tuple[np.memmap, Path]:
-    """An uncompressed TIFF created on disk at a temporary name next to ``path``."""
-    import tifffile
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    mm = tifffile.memmap(tmp, shape=tuple(shape), dtype=np.dtype(dtype), photometric="minisblack")
-    return mm, tmp
+def output_memmap(path, shape, dtype) -> tuple[np.memmap, AtomicFile]:
+    """An uncompressed TIFF created on disk at a temporary name next to ``path``: the memmap and
+    the pending write, for :func:`finish_output` or :func:`abort_output`."""
+    pending = AtomicFile(path)
+    mm = tifffile.memmap(pending.tmp, shape=tuple(shape), dtype=np.dtype(dtype), photometric="minisblack")
+    return mm, pending
 
 
-def finish_output(mm: np.memmap, tmp: Path, path) -> Path:
+def finish_output(mm: np.memmap, pending: AtomicFile) -> Path:
     """Flush the memmap and rename it into place (atomic)."""
     mm.flush()
     del mm
-    os.replace(tmp, path)
-    return Path(path)
+    return pending.commit()
 
 
-def abort_output(tmp: Path) -> None:
-    try:
-        Path(tmp).unlink()
-    except FileNotFoundError:
-        pass
+def abort_output(pending: AtomicFile) -> None:
+    pending.discard()

@@ -8,7 +8,7 @@ context on every side that are predicted but discarded, so only the tile's *core
 Geometry (per spatial axis, image size ``n``, tile ``t``, padding ``p``, core ``c = t - 2p``):
 
 - the image is extended to ``e = max(n, c)`` and then reflect-padded by ``p`` on both sides;
-- core starts ``s`` come from :func:`compute_steps` over ``e`` with window ``c``: the cores cover
+- core starts ``s`` come from :func:`bioflow.geometry.compute_steps` over ``e`` with window ``c``: the cores cover
   ``[0, e)`` exactly, the first at 0 and the last ending at ``e``;
 - the tile for core start ``s`` reads padded rows ``[s, s + t)`` and writes its core
   ``[p, p + c)`` to output rows ``[s, s + c)``.
@@ -21,38 +21,16 @@ same code serves in-memory arrays and chunk-by-chunk streaming (see ``bioflow.in
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from bioflow.errors import BioflowError
+from bioflow.geometry import compute_steps, pad_indices
 
 
-# --- steps and weights ---------------------------------------------------------------------
-
-def compute_steps(size: int, window: int, overlap: float) -> list[int]:
-    """Start positions of windows of length ``window`` covering ``[0, size)`` exactly.
-
-    ``overlap`` is the fraction of the window shared with its neighbour (0 = none). As in
-    nnU-Net, the number of windows is the smallest that respects the target step
-    ``window * (1 - overlap)``, and the actual step is spread evenly so the last window ends
-    exactly at ``size``.
-    """
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    if size < window:
-        raise ValueError(f"size {size} is smaller than the window {window}; pad the image first")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    target = max(1.0, window * (1.0 - overlap))
-    n = int(math.ceil((size - window) / target)) + 1
-    if n == 1:
-        return [0]
-    actual = (size - window) / (n - 1)
-    return [int(round(actual * i)) for i in range(n)]
-
+# --- blending weights ------------------------------------------------------------------
 
 def gaussian_weights(shape: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
     """nnU-Net's importance map: a separable gaussian centred on the window, max 1, all > 0.
@@ -129,16 +107,6 @@ def plan_tiles(image_shape: Sequence[int], tile: Sequence[int], overlap: float,
     extent = tuple(max(n, c) for n, c in zip(image_shape, core))
     steps = tuple(tuple(compute_steps(e, c, overlap)) for e, c in zip(extent, core))
     return TilePlan(image_shape, tile, pad, core, extent, steps)
-
-
-def pad_indices(n: int, before: int, after: int) -> np.ndarray:
-    """Source index of every position of an axis of length ``n`` reflect-padded by (before, after).
-
-    ``np.pad(..., mode='reflect')`` on an ``arange``; a length-1 axis repeats its single value.
-    Indexing with this map equals ``np.pad`` on the data, but works on a slab of a larger file.
-    """
-    mode = "reflect" if n > 1 else "edge"
-    return np.pad(np.arange(n), (before, after), mode=mode)
 
 
 def pad_image(image: np.ndarray, plan: TilePlan) -> np.ndarray:
@@ -237,46 +205,3 @@ def predict_tiled_array(image: np.ndarray, predict_fn, plan_or_tile, n_out: int,
 
     predict_tiled(lambda a, b: padded[a:b], predict_fn, plan, n_out, write, blending, batch_size)
     return out
-
-
-def split_patches(image: np.ndarray, tile: Sequence[int]) -> tuple[list[tuple[int, ...]], TilePlan]:
-    """Non-overlapping patch grid (no context) for per-patch evaluation: starts and plan."""
-    plan = plan_tiles(image.shape[:-1], tile, 0.0, 0)
-    return plan.starts(), plan
-
-
-# --- test-time augmentation ---------------------------------------------------------------
-
-def tta_transforms(ndim: int, square_yx: bool = True) -> list[tuple[tuple[int, ...], int]]:
-    """(flip axes, number of 90° rotations in y,x) pairs over spatial axes of a (*spatial, c) sample.
-
-    2D: the 8 symmetries of the square (rot90 only when tiles are square); 3D: the 8 flip
-    combinations of z, y, x (rotations would mix anisotropic axes).
-    """
-    axes = tuple(range(ndim))
-    flips = [f for r in range(len(axes) + 1) for f in itertools.combinations(axes, r)]
-    if ndim == 2:
-        rots = range(4) if square_yx else [0]
-        return [(f, k) for k in rots for f in ([(), (1,)] if square_yx else flips)]
-    return [(f, 0) for f in flips]
-
-
-def apply_tta(batch: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], ndim: int) -> np.ndarray:
-    """Average ``fn`` over the TTA transforms of ``batch`` (B, *spatial, c), each inverted back."""
-    sp = tuple(range(1, ndim + 1))
-    square = batch.shape[ndim - 1] == batch.shape[ndim]
-    total = None
-    transforms = tta_transforms(ndim, square)
-    for flip, k in transforms:
-        x = batch
-        if flip:
-            x = np.flip(x, axis=tuple(a + 1 for a in flip))
-        if k:
-            x = np.rot90(x, k, axes=(sp[-2], sp[-1]))
-        y = np.asarray(fn(np.ascontiguousarray(x)), dtype=np.float32)
-        if k:
-            y = np.rot90(y, -k, axes=(sp[-2], sp[-1]))
-        if flip:
-            y = np.flip(y, axis=tuple(a + 1 for a in flip))
-        total = y.copy() if total is None else total + y
-    return total / len(transforms)

@@ -1,9 +1,15 @@
-"""Classification metrics (stage ``metrics``) as pure functions of labels and probabilities.
+"""Classification metrics (stage ``metrics``): ``sklearn.metrics`` plus bootstrap intervals.
 
-:func:`classification_metrics` / :func:`multilabel_metrics` compute the numbers;
-:func:`bootstrap_ci` adds 95% percentile intervals from ``metrics.bootstrap`` resamples of the
-test set; :func:`evaluate` is the stage: ``predictions.csv`` -> ``metrics.json``,
-``metrics.csv`` and ``confusion_matrix.png`` in the run folder.
+:func:`classification_metrics` / :func:`multilabel_metrics` compute the numbers with
+``sklearn.metrics``; :func:`bootstrap_ci` (ours) adds 95% percentile intervals from
+``metrics.bootstrap`` resamples of the test set; :func:`evaluate` is the stage:
+``predictions.csv`` -> ``metrics.json``, ``metrics.csv`` and ``confusion_matrix.png`` in the
+run folder.
+
+Conventions: precision / recall / F1 are macro averages over every class with
+``zero_division=0``; balanced accuracy averages recall over the classes present (sklearn);
+AUC is the mean one-vs-rest AUC over the classes that have positives and negatives in the
+test set (undefined, None, when none has).
 """
 
 from __future__ import annotations
@@ -13,8 +19,14 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import sklearn
+from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global figure state
+from sklearn import metrics as skm
 
+from bioflow.data.manifest import load_manifest
 from bioflow.errors import BioflowError
+from bioflow.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -23,64 +35,55 @@ CI_METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro"
 
 # --- pure functions ------------------------------------------------------------------------
 
-def binary_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC of scores for a 0/1 target (Mann-Whitney U with tie-averaged ranks); nan when
-    only one class is present."""
-    from scipy.stats import rankdata
+def binary_auc(y, score) -> float:
+    """ROC AUC of scores for a 0/1 target; nan when only one class is present."""
     y = np.asarray(y).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return float("nan")
-    r = rankdata(np.asarray(score, dtype=np.float64))
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(skm.roc_auc_score(y, np.asarray(score, dtype=np.float64)))
 
 
-def macro_auc(y: np.ndarray, probs: np.ndarray) -> float:
+def per_class_auc(y, probs) -> np.ndarray:
+    """One-vs-rest AUC of every class (one sklearn call); nan for a class without positives or
+    without negatives."""
+    y, probs = np.asarray(y), np.asarray(probs, dtype=np.float64)
+    onehot = y[:, None] == np.arange(probs.shape[1])[None]
+    ok = onehot.any(0) & ~onehot.all(0)
+    out = np.full(probs.shape[1], np.nan)
+    if ok.any():
+        out[ok] = skm.roc_auc_score(onehot[:, ok], probs[:, ok], average=None)
+    return out
+
+
+def macro_auc(y, probs) -> float:
     """Mean one-vs-rest AUC over the classes present (with positives and negatives); for two
     classes it equals the AUC of class 1. nan when no class qualifies."""
-    y = np.asarray(y)
-    probs = np.asarray(probs)
-    aucs = [binary_auc(y == c, probs[:, c]) for c in range(probs.shape[1])]
-    aucs = [a for a in aucs if not math.isnan(a)]
-    return float(np.mean(aucs)) if aucs else float("nan")
+    aucs = per_class_auc(y, probs)
+    return float(np.nanmean(aucs)) if not np.isnan(aucs).all() else float("nan")
 
 
-def confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Rows: true class, columns: predicted class."""
-    return np.bincount(np.asarray(y) * n_classes + np.asarray(pred), minlength=n_classes ** 2
-                       ).reshape(n_classes, n_classes)
-
-
-def _from_confusion(cm: np.ndarray) -> dict:
-    cm = cm.astype(np.float64)
-    tp = np.diag(cm)
-    support, predicted = cm.sum(1), cm.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(support > 0, tp / support, 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    present = support > 0
-    return {"accuracy": float(tp.sum() / max(cm.sum(), 1)),
-            # balanced accuracy = mean recall over the classes present (as sklearn)
-            "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
-            # macro averages over all classes, zero_division=0 (as sklearn's defaults do)
+def _single_label(y, probs, n_classes: int) -> dict:
+    """The CI metrics plus per-class arrays, with as few sklearn calls as the bootstrap allows."""
+    pred = probs.argmax(1)
+    labels = list(range(n_classes))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y, pred, labels=labels, average=None, zero_division=0)
+    auc = macro_auc(y, probs)
+    return {"accuracy": float(skm.accuracy_score(y, pred)),
+            "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
             "precision_macro": float(precision.mean()), "recall_macro": float(recall.mean()),
-            "f1_macro": float(f1.mean()),
-            "_per_class": (precision, recall, f1, support)}
+            "f1_macro": float(f1.mean()), "auc": None if math.isnan(auc) else auc,
+            "_per_class": (precision, recall, f1, support), "_pred": pred}
 
 
-def classification_metrics(y: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
+def classification_metrics(y, probs, class_names: list[str]) -> dict:
     """Single-label metrics of integer labels ``y`` and probabilities ``probs`` ``(N, C)``."""
     y = np.asarray(y, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
-    n = len(class_names)
-    pred = probs.argmax(1)
-    cm = confusion(y, pred, n)
-    out = _from_confusion(cm)
+    out = _single_label(y, probs, len(class_names))
     precision, recall, f1, support = out.pop("_per_class")
-    auc = macro_auc(y, probs)
-    out["auc"] = None if math.isnan(auc) else auc
-    out["confusion_matrix"] = cm.tolist()
+    pred = out.pop("_pred")
+    out["confusion_matrix"] = skm.confusion_matrix(y, pred, labels=list(range(len(class_names)))).tolist()
     out["per_class"] = {c: {"precision": float(precision[i]), "recall": float(recall[i]),
                             "f1": float(f1[i]), "support": int(support[i])}
                         for i, c in enumerate(class_names)}
@@ -89,26 +92,24 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, class_names: list[s
     return out
 
 
-def multilabel_metrics(y: np.ndarray, probs: np.ndarray, label_names: list[str], threshold: float = 0.5) -> dict:
+def multilabel_metrics(y, probs, label_names: list[str], threshold: float = 0.5) -> dict:
     """Multi-label metrics of 0/1 targets ``(N, L)`` and sigmoid probabilities ``(N, L)``."""
     y = np.asarray(y, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     pred = (probs >= threshold).astype(np.int64)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y, pred, average=None, zero_division=0)
+    aucs = [binary_auc(y[:, j], probs[:, j]) for j in range(y.shape[1])]
     per = {}
     for j, name in enumerate(label_names):
-        cm = confusion(y[:, j], pred[:, j], 2)
-        tp, fp, fn = cm[1, 1], cm[0, 1], cm[1, 0]
-        p = tp / (tp + fp) if tp + fp else 0.0
-        r = tp / (tp + fn) if tp + fn else 0.0
-        f = 2 * p * r / (p + r) if p + r else 0.0
-        a = binary_auc(y[:, j], probs[:, j])
-        per[name] = {"auc": None if math.isnan(a) else a, "f1": float(f), "precision": float(p),
-                     "recall": float(r), "support": int(y[:, j].sum())}
+        a = aucs[j]
+        per[name] = {"auc": None if math.isnan(a) else a, "f1": float(f1[j]), "precision": float(precision[j]),
+                     "recall": float(recall[j]), "support": int(support[j])}
     aucs = [v["auc"] for v in per.values() if v["auc"] is not None]
-    return {"accuracy": float((pred == y).mean()), "subset_accuracy": float((pred == y).all(1).mean()),
-            "precision_macro": float(np.mean([v["precision"] for v in per.values()])),
-            "recall_macro": float(np.mean([v["recall"] for v in per.values()])),
-            "f1_macro": float(np.mean([v["f1"] for v in per.values()])),
+    return {"accuracy": float(1.0 - skm.hamming_loss(y, pred)),
+            "subset_accuracy": float(skm.accuracy_score(y, pred)),
+            "precision_macro": float(precision.mean()), "recall_macro": float(recall.mean()),
+            "f1_macro": float(f1.mean()),
             "auc": float(np.mean(aucs)) if aucs else None,
             "per_label": per, "class_names": list(label_names), "n_samples": int(len(y)),
             "multilabel": True}
@@ -123,15 +124,17 @@ def bootstrap_ci(y, probs, class_names, n_resamples: int, seed: int = 0, multila
     y, probs = np.asarray(y), np.asarray(probs)
     rng = np.random.default_rng(seed)
     fn = (lambda a, b: multilabel_metrics(a, b, class_names)) if multilabel else \
-        (lambda a, b: classification_metrics(a, b, class_names))
+        (lambda a, b: _single_label(a, b, len(class_names)))
     values = {m: [] for m in metrics}
-    for _ in range(int(n_resamples)):
-        idx = rng.integers(0, len(y), len(y))
-        res = fn(y[idx], probs[idx])
-        for m in metrics:
-            v = res.get(m)
-            if v is not None and not (isinstance(v, float) and math.isnan(v)):
-                values[m].append(v)
+    # the inputs were checked once by the caller; sklearn's per-call validation would dominate
+    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
+        for _ in range(int(n_resamples)):
+            idx = rng.integers(0, len(y), len(y))
+            res = fn(y[idx], probs[idx])
+            for m in metrics:
+                v = res.get(m)
+                if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                    values[m].append(v)
     return {m: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
             for m, v in values.items() if v}
 
@@ -139,13 +142,10 @@ def bootstrap_ci(y, probs, class_names, n_resamples: int, seed: int = 0, multila
 # --- the stage -------------------------------------------------------------------------------
 
 def _plot_confusion(cm, names, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from bioflow.io import atomic_path
     cm = np.asarray(cm)
     n = len(names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.6 * n))
+    fig = Figure(figsize=(1.2 + 0.6 * n, 1.0 + 0.6 * n))
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues")
     for i in range(n):
         for j in range(n):
@@ -156,12 +156,9 @@ def _plot_confusion(cm, names, path: Path) -> None:
     ax.set_xlabel("predicted"), ax.set_ylabel("true")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-    plt.close(fig)
 
 
 def _write_csv(metrics: dict, path: Path) -> None:
-    import pandas as pd
-    from bioflow.io import atomic_path
     rows = []
     ci = metrics.get("ci95", {})
     for k, v in metrics.items():
@@ -182,9 +179,6 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
     Without test labels (``data.test_has_labels: false`` or no true class in the predictions)
     it writes ``{"labels_available": false, "n_predictions": N}``.
     """
-    import pandas as pd
-    from bioflow.data.manifest import load_manifest
-    from bioflow.io import write_json
 
     run_dir = Path(run_dir)
     pred_csv = run_dir / "predictions.csv"
@@ -192,7 +186,7 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
         raise BioflowError(f"{pred_csv}: predictions not found; run the predict stage first")
     manifest = load_manifest(manifest_path)
     names = list(manifest["classes"])
-    multilabel = bool(manifest.get("multilabel") or cfg["model"].get("multilabel"))
+    multilabel = bool(manifest.get("multilabel") or cfg["model"]["multilabel"])
     df = pd.read_csv(pred_csv, dtype={"true_class": str, "pred_class": str}, keep_default_na=False)
     n_pred = len(df)
     if multilabel:
@@ -201,7 +195,7 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
         labelled = df[(df[tcols] != "").all(1)] if have else df.iloc[:0]
     else:
         labelled = df[df["true_class"] != ""] if "true_class" in df else df.iloc[:0]
-    if not cfg["data"].get("test_has_labels", True) or labelled.empty:
+    if not cfg["data"]["test_has_labels"] or labelled.empty:
         out = {"labels_available": False, "n_predictions": int(n_pred), "class_names": names}
         write_json(run_dir / "metrics.json", out)
         return out
@@ -210,7 +204,7 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
     if missing:
         raise BioflowError(f"{pred_csv}: columns {missing} missing; rerun predict with this manifest")
     probs = labelled[pcols].to_numpy(dtype=np.float64)
-    B = int(cfg.get("metrics", {}).get("bootstrap", 1000))
+    B = int(cfg["metrics"]["bootstrap"])
     if multilabel:
         y = labelled[tcols].astype(int).to_numpy()
         out = multilabel_metrics(y, probs, names)
@@ -230,35 +224,3 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
     _write_csv(out, run_dir / "metrics.csv")
     log.info("metrics run %s: accuracy %.4f, auc %s", run_id, out["accuracy"], out["auc"])
     return out
-
-
-def metric_functions(multilabel: bool) -> dict:
-    """Epoch-level validation metrics for the trainer: ``{name: fn(logits, target) -> float}``."""
-    import torch
-
-    if multilabel:
-        def auc(logits, target):
-            return macro_auc_multilabel(target.numpy(), torch.sigmoid(logits).numpy())
-
-        def f1(logits, target):
-            p = (torch.sigmoid(logits) >= 0.5).numpy()
-            return multilabel_metrics(target.numpy(), p.astype(float), [str(i) for i in range(p.shape[1])])["f1_macro"]
-        return {"auc": auc, "f1": f1}
-
-    def acc(logits, target):
-        return float((logits.argmax(1) == target).float().mean())
-
-    def auc(logits, target):
-        a = macro_auc(target.numpy(), torch.softmax(logits, 1).numpy())
-        return 0.5 if math.isnan(a) else a  # undefined (one class): neutral, not nan
-
-    def bal_acc(logits, target):
-        cm = confusion(target.numpy(), logits.argmax(1).numpy(), logits.shape[1])
-        return _from_confusion(cm)["balanced_accuracy"]
-    return {"acc": acc, "auc": auc, "bal_acc": bal_acc}
-
-
-def macro_auc_multilabel(y, probs) -> float:
-    aucs = [binary_auc(y[:, j], probs[:, j]) for j in range(y.shape[1])]
-    aucs = [a for a in aucs if not math.isnan(a)]
-    return float(np.mean(aucs)) if aucs else 0.5

@@ -19,8 +19,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import tifffile
 
+from bioflow.data.manifest import entries, load_manifest, read_entry_mask, relative_name
 from bioflow.errors import BioflowError
+from bioflow.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +45,31 @@ def confusion_counts(pred: np.ndarray, gt: np.ndarray, n_classes: int, ignore_in
     k = n_classes
     cm = np.bincount(gt.astype(np.int64) * k + np.clip(pred.astype(np.int64), 0, k - 1),
                      minlength=k * k).reshape(k, k)  # rows gt, cols pred
+    return counts_from_confusion(cm)
+
+
+def counts_from_confusion(cm: np.ndarray) -> np.ndarray:
+    """(TP, FP, FN) per class plus the foreground row from a ``(k, k)`` confusion matrix
+    (rows ground truth, columns prediction); shared with the training-time metrics."""
+    cm = np.asarray(cm, dtype=np.int64)
+    k = cm.shape[0]
     tp = np.diag(cm)
-    fp = cm.sum(0) - tp
-    fn = cm.sum(1) - tp
-    fg_tp = cm[1:, 1:].sum()
-    fg_fp = cm[0, 1:].sum()
-    fg_fn = cm[1:, 0].sum()
     out = np.zeros((k + 1, 3), dtype=np.int64)
-    out[:k, 0], out[:k, 1], out[:k, 2] = tp, fp, fn
-    out[k] = (fg_tp, fg_fp, fg_fn)
+    out[:k, 0], out[:k, 1], out[:k, 2] = tp, cm.sum(0) - tp, cm.sum(1) - tp
+    out[k] = (cm[1:, 1:].sum(), cm[0, 1:].sum(), cm[1:, 0].sum())
     return out
 
 
+def class_mean(values: np.ndarray, n_classes: int) -> float:
+    """Mean over the classes of per-class scores, leaving out the undefined (NaN) ones: a class
+    absent from both prediction and ground truth does not count. NaN when none is defined."""
+    v = np.asarray(values, dtype=np.float64)[..., :n_classes]
+    return float(np.nanmean(v)) if not np.isnan(v).all() else float("nan")
+
+
 def iou_from_counts(counts: np.ndarray) -> np.ndarray:
+    """TP / (TP + FP + FN) per row; NaN where the class is absent from prediction and truth.
+    The one IoU definition: the metrics stage and the training-time ``val_iou`` use it."""
     tp, fp, fn = (np.asarray(counts, dtype=np.float64)[..., i] for i in range(3))
     den = tp + fp + fn
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -96,9 +112,8 @@ def summarize(counts_list: list[np.ndarray], n_classes: int, score=iou_from_coun
     with warnings.catch_warnings():           # all-NaN columns (class never present) stay NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         means = np.nanmean(scores, axis=0)
-        class_mean = np.nanmean(means[:n_classes])
     out = _named(means, n_classes)
-    out["mean"] = _f(class_mean)
+    out["mean"] = _f(class_mean(means, n_classes))
     out["foreground_pooled"] = _f(score(arr.sum(0))[n_classes])
     out["n"] = int(len(counts_list))
     return out
@@ -108,7 +123,6 @@ def summarize(counts_list: list[np.ndarray], n_classes: int, score=iou_from_coun
 
 def _label_image(path: Path, ndim: int, n_classes: int) -> np.ndarray:
     """A prediction TIFF as class ids: label images as they are, probability maps argmaxed."""
-    import tifffile
     arr = tifffile.imread(path)
     if arr.ndim == ndim + 1 and arr.shape[-1] == n_classes and np.issubdtype(arr.dtype, np.floating):
         return np.argmax(arr, axis=-1)
@@ -117,20 +131,16 @@ def _label_image(path: Path, ndim: int, n_classes: int) -> np.ndarray:
 
 def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
     """Stage metrics: ``run_dir/metrics.json`` + ``run_dir/metrics_per_image.csv``."""
-    import pandas as pd
-    from bioflow.data.manifest import entries, load_manifest, relative_name
-    from bioflow.data.segmentation import read_mask
-    from bioflow.io import atomic_path, read_json, write_json
 
     run_dir = Path(run_dir)
     manifest = load_manifest(manifest_path)
     n_classes = int(cfg["model"]["n_classes"])
     ndim = int(cfg["experiment"]["ndim"])
-    ignore = cfg.get("train", {}).get("ignore_index")
+    ignore = cfg["train"]["ignore_index"]
     test = entries(manifest, "test")
     labelled = [e for e in test if e.get("mask")]
     result: dict = {"run_id": run_id, "n_classes": n_classes, "n_test_images": len(test)}
-    if not cfg["data"].get("test_has_labels", True) or not labelled:
+    if not cfg["data"]["test_has_labels"] or not labelled:
         result["labels_available"] = False
         write_json(run_dir / "metrics.json", result)
         log.info("metrics: test set has no labels; nothing to score")
@@ -141,7 +151,7 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
     rows = []
     for e in labelled:
         name = relative_name(e)
-        gt = read_mask(manifest, e)
+        gt = read_entry_mask(manifest, e)
         row = {"file": name}
         for lvl, folder in LEVELS.items():
             path = run_dir / folder / (Path(name).stem + ".tif")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from bioflow.errors import BioflowError
-from bioflow.models.registry import register_model
+from bioflow.models.registry import register_fallback, register_model
 
 # --- N-D building blocks (the spatial rank is a parameter, not a copy) -----------------
 
@@ -140,23 +140,23 @@ class Classifier(nn.Module):
 
 def make_classifier(cfg: dict, backbone: nn.Module, n_features: int, n_metadata: int = 0) -> Classifier:
     m = cfg["model"]
-    head = ClassificationHead(n_features, int(m["n_classes"]), m.get("dense_units", []),
-                              float(m.get("dropout", 0.0)), n_metadata, m.get("metadata_units", [64]))
+    head = ClassificationHead(n_features, int(m["n_classes"]), m["dense_units"],
+                              float(m["dropout"]), n_metadata, m["metadata_units"])
     return Classifier(backbone, head)
 
 
 def _in_chans(cfg) -> int:
-    return int(cfg["data"].get("channels", 1))
+    return int(cfg["data"]["channels"])
 
 
 # --- 2D: timm ---------------------------------------------------------------------------
 
 def build_timm_classifier(cfg: dict, name: str, n_metadata: int = 0, **timm_kwargs) -> Classifier:
     """Any timm model as backbone (its own classifier removed: ``num_classes=0``)."""
-    import timm
-    kwargs = dict(cfg["model"].get("kwargs") or {})
+    import timm  # 6 s to import: only the 2D timm models need it, not the N-D CNNs below
+    kwargs = dict(cfg["model"]["kwargs"])
     kwargs.update(timm_kwargs)
-    pretrained = bool(cfg["model"].get("pretrained", False))
+    pretrained = bool(cfg["model"]["pretrained"])
     try:
         backbone = timm.create_model(name, pretrained=pretrained, in_chans=_in_chans(cfg),
                                      num_classes=0, **kwargs)
@@ -178,6 +178,14 @@ def _timm_builder(name):
     return build
 
 
+def _timm_knows(name: str) -> bool:
+    import timm  # 6 s to import: only when a name is not registered (validate_dataset, 2D classification)
+    return timm.is_model(name)
+
+
+register_fallback(_timm_knows, build_timm_classifier, ndim=(2,), workflows=("classification",),
+                  hint="or any timm model name, see timm.list_models()")
+
 for _name in ("resnet18", "resnet34", "resnet50", "densenet121", "convnext_nano",
               "mobilenetv3_small_100", *[f"efficientnet_b{i}" for i in range(8)]):
     register_model(_name, ndim=(2,))(_timm_builder(_name))
@@ -192,7 +200,7 @@ def vit_patch_size(img_size) -> int:
 @register_model("vit", ndim=(2,))
 def vit(cfg, n_metadata: int = 0, **_):
     """timm ViT sized to data.patch_size (model.kwargs.variant, default vit_tiny_patch16_224)."""
-    kwargs = dict(cfg["model"].get("kwargs") or {})
+    kwargs = dict(cfg["model"]["kwargs"])
     variant = kwargs.pop("variant", "vit_tiny_patch16_224")
     img = [int(v) for v in cfg["data"]["patch_size"]]
     kwargs.setdefault("patch_size", vit_patch_size(img))
@@ -206,15 +214,15 @@ def vit(cfg, n_metadata: int = 0, **_):
 @register_model("simple_cnn", ndim=(2, 3))
 def simple_cnn(cfg, n_metadata: int = 0, **_):
     """Plain CNN: (conv-BN-ReLU)x2 + pool per model.features width."""
-    ndim = int(cfg["experiment"].get("ndim", 2))
-    bb = SimpleCNN(ndim, _in_chans(cfg), cfg["model"].get("features", [16, 32, 64, 128]))
+    ndim = int(cfg["experiment"]["ndim"])
+    bb = SimpleCNN(ndim, _in_chans(cfg), cfg["model"]["features"])
     return make_classifier(cfg, bb, bb.num_features, n_metadata)
 
 
 def _resnet(blocks):
     def build(cfg, n_metadata: int = 0, **_):
-        ndim = int(cfg["experiment"].get("ndim", 2))
-        widths = list(cfg["model"].get("features", [16, 32, 64, 128]))
+        ndim = int(cfg["experiment"]["ndim"])
+        widths = list(cfg["model"]["features"])
         nb = tuple(blocks[:len(widths)]) + (blocks[-1],) * max(0, len(widths) - len(blocks))
         bb = ResNetND(ndim, _in_chans(cfg), nb, widths)
         return make_classifier(cfg, bb, bb.num_features, n_metadata)

@@ -3,16 +3,16 @@
 A builder is registered with :func:`register_model` and called as ``fn(cfg, **extra)`` with
 the validated config (``extra`` holds facts that are not config keys, e.g. ``n_metadata``;
 builders that need none accept ``**_``). :func:`build_model` checks that the model supports
-the configured workflow and ``experiment.ndim``, falls back to any timm model name for 2D
-classification, and loads ``model.weights`` from a local file.
+the configured workflow and ``experiment.ndim``, falls back to a family of names a provider
+declared with :func:`register_fallback` (any timm model for 2D classification), and loads
+``model.weights`` from a local file.
 
-The modules that register models are imported lazily (on first lookup) so importing the
-registry stays cheap and the segmentation module may be added later.
+The registry imports no model module: ``bioflow.models`` (the package) imports the providers
+(``classification``, ``segmentation``), which register themselves here.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +25,6 @@ from bioflow.errors import BioflowError
 
 log = logging.getLogger(__name__)
 
-# modules whose import registers models; a missing one (not written yet) is tolerated
-_PROVIDERS = ("bioflow.models.classification", "bioflow.models.segmentation")
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -38,8 +35,17 @@ class ModelSpec:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class Fallback:
+    accepts: Callable[[str], bool]           # name -> whether this family builds it
+    fn: Callable[..., nn.Module]             # fn(cfg, name, **extra)
+    ndim: tuple[int, ...]
+    workflows: tuple[str, ...]
+    hint: str                                # appended to the unknown-name message
+
+
 _REGISTRY: dict[str, ModelSpec] = {}
-_loaded = False
+_FALLBACKS: list[Fallback] = []
 
 
 def register_model(name: str, ndim=(2,), workflows=("classification",)):
@@ -54,34 +60,20 @@ def register_model(name: str, ndim=(2,), workflows=("classification",)):
     return deco
 
 
-def _ensure_loaded() -> None:
-    global _loaded
-    if _loaded:
-        return
-    for mod in _PROVIDERS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:  # a real missing dependency inside the module: surface it
-                raise
-    _loaded = True
+def register_fallback(accepts: Callable[[str], bool], fn: Callable[..., nn.Module], ndim=(2,),
+                      workflows=("classification",), hint: str = "") -> None:
+    """Build unregistered names that ``accepts(name)`` with ``fn(cfg, name, **extra)``."""
+    _FALLBACKS.append(Fallback(accepts, fn, tuple(ndim), tuple(workflows), hint))
+
+
+def _fallbacks(workflow: str, ndim: int) -> list[Fallback]:
+    return [f for f in _FALLBACKS if workflow in f.workflows and ndim in f.ndim]
 
 
 def list_models(workflow: str | None = None, ndim: int | None = None) -> list[str]:
     """Registered names (sorted), optionally only those for ``workflow`` / ``ndim``."""
-    _ensure_loaded()
     return sorted(n for n, s in _REGISTRY.items()
                   if (workflow is None or workflow in s.workflows) and (ndim is None or ndim in s.ndim))
-
-
-def get_spec(name: str) -> ModelSpec | None:
-    _ensure_loaded()
-    return _REGISTRY.get(name)
-
-
-def _timm_ok(name: str) -> bool:
-    import timm
-    return timm.is_model(name)
 
 
 def build_model(cfg: dict, **extra) -> nn.Module:
@@ -91,33 +83,29 @@ def build_model(cfg: dict, **extra) -> nn.Module:
     a similar message when the model does not support the workflow or ``experiment.ndim``.
     """
     spec = check_architecture(cfg)
-    if spec is None:
-        from bioflow.models.classification import build_timm_classifier
-        model = build_timm_classifier(cfg, cfg["model"]["architecture"], **extra)
-        return _maybe_load_weights(model, cfg)
-    model = spec.fn(cfg, **extra)
-    return _maybe_load_weights(model, cfg)
+    return _maybe_load_weights(spec.fn(cfg, **extra), cfg)
 
 
-def check_architecture(cfg: dict) -> ModelSpec | None:
+def check_architecture(cfg: dict) -> ModelSpec:
     """Check ``model.architecture`` (and a given ``model.weights`` file) without building a model.
 
-    Returns the registered spec, or None for a plain timm name (2D classification). Called by
+    Returns the registered spec (for a fallback family, one made on the fly). Called by
     validate_dataset so that a typo fails before any training time is spent.
     """
-    _ensure_loaded()
     name = cfg["model"]["architecture"]
     wf = cfg["experiment"]["workflow"]
-    ndim = int(cfg["experiment"].get("ndim", 2))
-    weights = cfg["model"].get("weights")
+    ndim = int(cfg["experiment"]["ndim"])
+    weights = cfg["model"]["weights"]
     if weights and not Path(weights).is_file():
         raise BioflowError(f"model.weights: file not found: {weights}; give a local state_dict (.pt/.pth/.ckpt) or null")
     spec = _REGISTRY.get(name)
     if spec is None:
-        if wf == "classification" and ndim == 2 and _timm_ok(name):
-            return None
+        families = _fallbacks(wf, ndim)
+        for f in families:
+            if f.accepts(name):
+                return ModelSpec(name, lambda c, _f=f, **extra: _f.fn(c, name, **extra), f.ndim, f.workflows)
         valid = list_models(wf, ndim)
-        hint = " (or any timm model name, see timm.list_models())" if wf == "classification" and ndim == 2 else ""
+        hint = "".join(f" ({f.hint})" for f in families if f.hint)
         raise BioflowError(f"model.architecture: unknown '{name}'; valid for {wf} {ndim}D: "
                            f"{', '.join(valid)}{hint}")
     if wf not in spec.workflows or ndim not in spec.ndim:
@@ -128,7 +116,7 @@ def check_architecture(cfg: dict) -> ModelSpec | None:
 
 
 def _maybe_load_weights(model: nn.Module, cfg: dict) -> nn.Module:
-    path = cfg["model"].get("weights")
+    path = cfg["model"]["weights"]
     if path:
         load_weights(model, path)
     return model

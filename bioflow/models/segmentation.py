@@ -29,9 +29,9 @@ SEG = ("semantic_segmentation",)
 
 def _smp_builder(arch: str):
     def build(cfg: dict, **_) -> nn.Module:
-        import segmentation_models_pytorch as smp
+        import segmentation_models_pytorch as smp  # 6 s to import: only the 2D smp models need it
         m = cfg["model"]
-        kwargs = dict(m.get("kwargs") or {})
+        kwargs = dict(m["kwargs"])
         try:
             model = smp.create_model(arch, encoder_name=m["encoder"], encoder_weights=None,
                                      in_channels=int(cfg["data"]["channels"]),
@@ -47,7 +47,7 @@ def _smp_builder(arch: str):
         model.size_divisor = 2 ** depth if stride is None else max(int(stride), 2 ** min(depth, 3))
         if arch in ("pspnet",):
             model.size_divisor = 2 ** depth
-        if m.get("pretrained") and not m.get("weights"):
+        if m["pretrained"] and not m["weights"]:
             raise BioflowError("model.pretrained: true needs model.weights (a local state_dict); "
                                "bioflow does not download weights at run time")
         return model
@@ -135,8 +135,8 @@ class UNetND(nn.Module):
 def _unet_nd(cfg: dict, **_) -> nn.Module:
     m = cfg["model"]
     return UNetND(int(cfg["experiment"]["ndim"]), int(cfg["data"]["channels"]), int(m["n_classes"]),
-                  m.get("features") or (16, 32, 64, 128), bool(m.get("residual", False)),
-                  float(m.get("dropout", 0.0)), **dict(m.get("kwargs") or {}))
+                  m["features"], bool(m["residual"]),
+                  float(m["dropout"]), **dict(m["kwargs"]))
 
 
 @register_model("unet3d", ndim=(3,), workflows=SEG)

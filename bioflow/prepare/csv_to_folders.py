@@ -25,9 +25,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from bioflow.errors import BioflowError
-from bioflow.io import atomic_dir
+from bioflow.io import atomic_dir, write_image
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,13 @@ def _class_name(label, class_names, where) -> str:
 
 def _plan_csv(cfg: dict) -> list[tuple[str, str, Path, str]]:
     """(split, class, source file, output name) for every CSV row; all problems in one error."""
-    import pandas as pd
 
     d = cfg["data"]
-    opts = d.get("csv_options") or {}
+    opts = d["csv_options"]
     csv_path = Path(d["csv"])
-    file_col, label_col = opts.get("file_column", "file"), opts.get("label_column", "label")
-    split_col = opts.get("split_column", "split")
-    root = Path(opts["image_root"]) if opts.get("image_root") else csv_path.parent
+    file_col, label_col = opts["file_column"], opts["label_column"]
+    split_col = opts["split_column"]
+    root = Path(opts["image_root"]) if opts["image_root"] else csv_path.parent
     try:
         table = pd.read_csv(csv_path, dtype={file_col: str})
     except Exception as exc:  # noqa: BLE001
@@ -100,7 +100,7 @@ def _plan_csv(cfg: dict) -> list[tuple[str, str, Path, str]]:
                             f"check data.csv_options.image_root")
             continue
         try:
-            cls = _class_name(label, opts.get("class_names"), where)
+            cls = _class_name(label, opts["class_names"], where)
         except BioflowError as exc:
             problems.append(str(exc))
             continue
@@ -127,12 +127,11 @@ def _write_csv(plan, tmp: Path) -> dict:
 
 
 def _write_npz(cfg: dict, tmp: Path) -> dict:
-    from bioflow.io import write_image
 
     d = cfg["data"]
     npz_path = Path(d["csv"])
-    class_names = (d.get("csv_options") or {}).get("class_names")
-    ndim = cfg["experiment"].get("ndim", 2)
+    class_names = d["csv_options"]["class_names"]
+    ndim = cfg["experiment"]["ndim"]
     try:
         data = np.load(npz_path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001
@@ -171,7 +170,7 @@ def _write_npz(cfg: dict, tmp: Path) -> dict:
 def run(cfg: dict, out_dir) -> dict:
     """Stage csv_to_folders. Returns ``{split: {class: count}}`` (also logged)."""
     d = cfg["data"]
-    if not d.get("csv"):
+    if not d["csv"]:
         raise BioflowError("data.csv: not set; csv_to_folders needs a CSV or MedMNIST .npz")
     src = Path(d["csv"])
     if not src.is_file():

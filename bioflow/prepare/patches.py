@@ -33,9 +33,13 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import h5py
 import numpy as np
 
+from bioflow.data.manifest import load_manifest, read_entry_image
+from bioflow.data.masks import apply_mask_transform
 from bioflow.errors import BioflowError
+from bioflow.io import atomic_dir, read_mask, write_json
 
 log = logging.getLogger(__name__)
 FREE = "free"
@@ -108,20 +112,16 @@ def patch_label(frac: float, class_index: int | None, min_fraction: float, free_
 def run(cfg: dict, manifest_path, out_dir, test_manifest_path=None) -> dict:
     """Stage patch_dataset; returns the info dict (also written to ``info.json``).
     ``test_manifest_path``: the test part's manifest, whose test split is cut too."""
-    import h5py
 
-    from bioflow.data.manifest import load_manifest, read_entry_image
-    from bioflow.data.masks import apply_mask_transform
-    from bioflow.io import atomic_dir, read_mask, write_json
 
     manifest = load_manifest(manifest_path)
     if test_manifest_path:
         manifest["splits"]["test"] = load_manifest(test_manifest_path)["splits"]["test"]
     ndim = manifest["ndim"]
-    pcfg = cfg.get("patches") or {}
-    size = [int(s) for s in pcfg.get("size", [64] * ndim)]
-    stride = [int(s) for s in (pcfg.get("stride") or size)]
-    min_fraction = float(pcfg.get("min_defect_fraction", 0.05))
+    pcfg = cfg["patches"]
+    size = [int(s) for s in pcfg["size"]]
+    stride = [int(s) for s in (pcfg["stride"] or size)]
+    min_fraction = float(pcfg["min_defect_fraction"])
     if len(size) != ndim or len(stride) != ndim:
         raise BioflowError(f"patches.size / patches.stride: need {ndim} values ([y, x] in 2D, "
                            f"[z, y, x] in 3D), got {size} / {stride}")

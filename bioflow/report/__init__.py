@@ -98,9 +98,9 @@ def build_html(cfg: dict, run_dirs: list[str | Path], config_text: str | None = 
     per_run = {name: flatten_metrics(m) for name, m in metrics.items()}
     agg = aggregate(per_run)
     exp = cfg["experiment"]
-    title = (cfg.get("report") or {}).get("title") or f"bioflow report: {exp['name']}"
+    title = cfg["report"]["title"] or f"bioflow report: {exp['name']}"
     parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p>Workflow <b>{html.escape(exp['workflow'])}</b>, {exp.get('ndim', 2)}D, "
+             f"<p>Workflow <b>{html.escape(exp['workflow'])}</b>, {exp['ndim']}D, "
              f"{len(run_dirs)} run(s): {', '.join(html.escape(n) for n in metrics)}.</p>"]
 
     parts.append("<h2>Test metrics (mean ± sd over runs)</h2>")
@@ -134,7 +134,7 @@ def build_html(cfg: dict, run_dirs: list[str | Path], config_text: str | None = 
                                     for v in (s.get(k, "") for k in keys)] for r, s in summaries.items()]
         parts.append(_table(["run"] + keys, rows))
 
-    max_charts = (cfg.get("report") or {}).get("max_charts", 12)
+    max_charts = cfg["report"]["max_charts"]
     for d in run_dirs:
         # curves and confusion matrices first, augmented samples (smaller) last
         images = sorted(d.glob("*.png")) + sorted((d / "charts").glob("*.png"))

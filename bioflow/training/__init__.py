@@ -1,4 +1,5 @@
-"""Training: the shared Lightning engine, losses, optimizers / schedules, augmentation, charts.
+"""Training: the shared Lightning engine, losses, optimizers / schedules, charts, and the train
+stage of each workflow (augmentation is ``bioflow.data.augment``).
 
 Import the submodules (``bioflow.training.engine`` ...) directly; this package stays light so
 importing it does not pull in Lightning.

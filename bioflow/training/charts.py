@@ -6,27 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+# Figure without pyplot: no GUI backend, no global figure state (clusters have no display)
+from matplotlib.figure import Figure
 
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")  # no display on clusters
-    import matplotlib.pyplot as plt
-    return plt
+from bioflow.io import atomic_path
 
 
 def _save(fig, path: Path) -> Path:
-    from bioflow.io import atomic_path
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-    _plt().close(fig)
     return path
 
 
 def epoch_table(metrics_csv):
     """Lightning's CSV log (rows per step / epoch, sparse columns) -> one row per epoch."""
-    import pandas as pd
     df = pd.read_csv(metrics_csv)
     if "epoch" not in df:
         return pd.DataFrame()
@@ -46,11 +41,11 @@ def plot_history(metrics_csv, out_dir) -> list[Path]:
     table = epoch_table(metrics_csv)
     if table.empty:
         return []
-    plt = _plt()
     written = []
     losses = [c for c in ("train_loss", "val_loss") if c in table and table[c].notna().any()]
     if losses:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig = Figure(figsize=(5, 3.5))
+        ax = fig.subplots()
         for c in losses:
             s = table[c].dropna()
             ax.plot(s.index + 1, s.values, marker="o", ms=3, label=c)
@@ -62,7 +57,8 @@ def plot_history(metrics_csv, out_dir) -> list[Path]:
         s = table[c].dropna()
         if s.empty:
             continue
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig = Figure(figsize=(5, 3.5))
+        ax = fig.subplots()
         ax.plot(s.index + 1, s.values, marker="o", ms=3)
         ax.set_xlabel("epoch"), ax.set_ylabel(c), ax.set_title(c), ax.grid(alpha=0.3)
         safe = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in c)
@@ -82,8 +78,8 @@ def _display(img: np.ndarray) -> np.ndarray:
 
 def save_sample(image, out_path, mask=None, title: str | None = None) -> Path:
     """One augmented sample (``(C, *spatial)``, optional mask ``(*spatial)``) as a PNG."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(3, 3))
+    fig = Figure(figsize=(3, 3))
+    ax = fig.subplots()
     shown = _display(image)
     ax.imshow(shown, cmap=None if shown.ndim == 3 else "gray")
     if mask is not None:

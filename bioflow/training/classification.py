@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 
 import numpy as np
+import torch
+from torchmetrics.functional.classification import (multiclass_accuracy, multiclass_auroc, multiclass_recall,
+                                                    multilabel_auroc, multilabel_f1_score)
 
+from bioflow import __version__
+from bioflow.data.classification import ClassificationDataModule
+from bioflow.data.manifest import load_manifest
+from bioflow.data.normalization import load_stats
 from bioflow.errors import BioflowError
+from bioflow.models import build_model
+from bioflow.training.engine import BioflowModule, fit, seed_run
+from bioflow.training.losses import build_loss, resolve_class_weights
 
 log = logging.getLogger(__name__)
 
@@ -22,19 +33,18 @@ DEFAULT_MONITOR = "val_auc"
 
 def checkpoint_cfg(cfg: dict) -> dict:
     """The config sections stored in the checkpoint (what inference rebuilds from)."""
-    return {k: copy.deepcopy(cfg.get(k)) for k in ("experiment", "data", "model", "train")}
+    return {k: copy.deepcopy(cfg[k]) for k in ("experiment", "data", "model", "train")}
 
 
 def resolve_loss_and_weights(cfg: dict, counts: list[int], multilabel: bool, n_train: int):
     """(train cfg for build_loss, class weights or None); ``counts``: train images per class
     (multi-label: positives per label) out of ``n_train``."""
-    from bioflow.training.losses import resolve_class_weights
     tc = dict(cfg["train"])
     if multilabel:
         if tc["loss"] not in ("ce", "bce"):
             raise BioflowError(f"train.loss: '{tc['loss']}' is not for multi-label models; use bce")
         tc["loss"] = "bce"
-        cw = tc.get("class_weights")
+        cw = tc["class_weights"]
         if cw == "auto":  # positive weight per label = negatives / positives
             return tc, _pos_weights(counts, n_train)
         return tc, None if cw is None else [float(v) for v in cw]
@@ -44,23 +54,55 @@ def resolve_loss_and_weights(cfg: dict, counts: list[int], multilabel: bool, n_t
     return tc, resolve_class_weights(tc, counts)
 
 
+def metric_functions(multilabel: bool) -> dict:
+    """Epoch-level validation metrics for the trainer: ``{name: fn(logits, target) -> float}``,
+    from torchmetrics, averaged as the metrics stage averages (``bioflow.metrics.classification``):
+    AUC over the classes with positives and negatives in the val set (0.5, neutral, when none
+    has), balanced accuracy over the classes present."""
+    if multilabel:
+        def auc(logits, target):
+            target = target.long()
+            per = _quiet(multilabel_auroc, torch.sigmoid(logits), target, target.shape[1], average="none")
+            ok = (target.sum(0) > 0) & (target.sum(0) < len(target))
+            return float(per[ok].mean()) if ok.any() else 0.5
+
+        def f1(logits, target):
+            return float(multilabel_f1_score(torch.sigmoid(logits), target.long(), target.shape[1],
+                                             threshold=0.5, average="macro", zero_division=0))
+        return {"auc": auc, "f1": f1}
+
+    def acc(logits, target):
+        return float(multiclass_accuracy(logits, target, logits.shape[1], average="micro"))
+
+    def auc(logits, target):
+        n = logits.shape[1]
+        per = _quiet(multiclass_auroc, torch.softmax(logits, 1), target, n, average="none")
+        support = torch.bincount(target, minlength=n)
+        ok = (support > 0) & (support < len(target))
+        return float(per[ok].mean()) if ok.any() else 0.5  # undefined (one class): neutral, not nan
+
+    def bal_acc(logits, target):
+        n = logits.shape[1]
+        recall = multiclass_recall(logits, target, n, average="none")
+        return float(recall[torch.bincount(target, minlength=n) > 0].mean())
+    return {"acc": acc, "auc": auc, "bal_acc": bal_acc}
+
+
+def _quiet(fn, *args, **kwargs):
+    # torchmetrics warns about classes without positives; those are left out of the mean above
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return fn(*args, **kwargs)
+
+
 def _pos_weights(counts, total: int) -> list[float]:
     return [float((total - c) / c) if c > 0 else 1.0 for c in counts]
 
 
 def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> dict:
-    from bioflow import __version__
-    from bioflow.data.classification import ClassificationDataModule
-    from bioflow.data.manifest import load_manifest
-    from bioflow.data.normalization import load_stats
-    from bioflow.metrics.classification import metric_functions
-    from bioflow.models import build_model
-    from bioflow.training.engine import BioflowModule, fit, seed_run
-    from bioflow.training.losses import build_loss
-
     manifest = load_manifest(manifest_path)
     stats = load_stats(norm_path)
-    multilabel = bool(cfg["model"].get("multilabel") or manifest.get("multilabel"))
+    multilabel = bool(cfg["model"]["multilabel"] or manifest.get("multilabel"))
     classes = list(manifest["classes"])
     if len(classes) != int(cfg["model"]["n_classes"]):
         raise BioflowError(f"model.n_classes: {cfg['model']['n_classes']} but the data has "
@@ -72,13 +114,13 @@ def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> di
     seed = seed_run(run_id)  # before building the model: initial weights depend on run_id
 
     dm = ClassificationDataModule(manifest, stats, cfg["data"], cfg["train"], multilabel,
-                                  inference_batch=cfg.get("inference", {}).get("batch_size"))
+                                  inference_batch=cfg["inference"]["batch_size"])
     counts = dm.class_counts()
     tc, cw = resolve_loss_and_weights(cfg, counts, multilabel, len(dm.train_dataset))
     loss = build_loss(tc, len(classes), cw)
     model = build_model(cfg, n_metadata=dm.n_metadata)
 
-    monitor = cfg["train"].get("monitor") or DEFAULT_MONITOR
+    monitor = cfg["train"]["monitor"] or DEFAULT_MONITOR
     if not monitor.startswith("val_"):
         monitor = f"val_{monitor}"
     val_labels = {str(e.get("label")) for e in manifest["splits"]["val"]}

@@ -14,7 +14,7 @@ the hash, so raising ``train.epochs`` continues a run while a changed lr starts 
 
 Checkpoints carry ``hyper_parameters`` with at least ``cfg`` (the config sections) and
 ``model_extra`` (keyword arguments of ``build_model``), so
-:func:`load_model_from_checkpoint` rebuilds the model from the file alone.
+:func:`bioflow.models.checkpoint.load_model_from_checkpoint` rebuilds the model from the file alone.
 """
 
 from __future__ import annotations
@@ -31,10 +31,17 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.environments import LightningEnvironment
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+from bioflow.errors import BioflowError
+from bioflow.io import atomic_path, write_json, write_text
 from bioflow.training import optim
+from bioflow.training.charts import plot_history, save_sample
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +154,7 @@ class BioflowModule(pl.LightningModule):
             self.log(f"val_{name}", value, on_step=False, on_epoch=True, prog_bar=True)
 
     def configure_optimizers(self):
-        epochs = max(int(self.trainer.max_epochs or self.train_cfg.get("epochs", 1)), 1)
+        epochs = max(int(self.trainer.max_epochs or self.train_cfg["epochs"]), 1)
         total = self.trainer.estimated_stepping_batches
         spe = max(int(total // epochs), 1) if np.isfinite(total) else 1
         return optim.configure(self.model.parameters(), self.train_cfg, spe, epochs,
@@ -186,27 +193,6 @@ class TimeBudgetSchedule(pl.Callback):
         pl_module.horizon["total_steps"] = int(total)
 
 
-def load_model_from_checkpoint(ckpt_path, map_location="cpu"):
-    """(model in eval mode, hyper_parameters) from a checkpoint written by :func:`fit`."""
-    from bioflow.errors import BioflowError
-    from bioflow.models import build_model
-    p = Path(ckpt_path)
-    if not p.is_file():
-        raise BioflowError(f"{p}: checkpoint not found; run the train stage first")
-    ck = torch.load(p, map_location=map_location, weights_only=False)
-    hp = ck.get("hyper_parameters") or {}
-    if "cfg" not in hp:
-        raise BioflowError(f"{p}: not a bioflow checkpoint (no cfg in hyper_parameters); retrain")
-    cfg = copy.deepcopy(hp["cfg"])
-    cfg["model"]["weights"] = None  # the checkpoint's own weights follow
-    cfg["model"]["pretrained"] = False
-    model = build_model(cfg, **(hp.get("model_extra") or {}))
-    state = {k[len("model."):]: v for k, v in ck["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
-    model.eval()
-    return model, hp
-
-
 # --- fit ---------------------------------------------------------------------------------
 
 def _precision(value) -> str:
@@ -216,15 +202,8 @@ def _precision(value) -> str:
     return "32-true" if value == "32" else value
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _copy_weights_only(src: Path, dst: Path) -> None:
     """Copy a checkpoint without optimizer / scheduler state (inference needs neither)."""
-    from bioflow.io import atomic_path
     ck = torch.load(src, map_location="cpu", weights_only=False)
     for k in ("optimizer_states", "lr_schedulers"):
         ck.pop(k, None)
@@ -233,7 +212,6 @@ def _copy_weights_only(src: Path, dst: Path) -> None:
 
 
 def _old_log_rows(metrics_csv: Path, up_to_epoch: int):
-    import pandas as pd
     if not metrics_csv.is_file():
         return None
     df = pd.read_csv(metrics_csv)
@@ -241,14 +219,12 @@ def _old_log_rows(metrics_csv: Path, up_to_epoch: int):
 
 
 def _merge_logs(metrics_csv: Path, old) -> None:
-    import pandas as pd
     if old is None or old.empty:
         return
     new = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame()
     merged = pd.concat([old, new], ignore_index=True)
-    tmp = metrics_csv.with_name(".metrics.csv.tmp")
-    merged.to_csv(tmp, index=False)
-    os.replace(tmp, metrics_csv)
+    with atomic_path(metrics_csv) as tmp:
+        merged.to_csv(tmp, index=False)
 
 
 def _dataset_of(datamodule):
@@ -260,7 +236,6 @@ def _dataset_of(datamodule):
 
 def save_augmented_samples(datamodule, out_dir: Path, n: int, seed: int, class_names=None) -> list[Path]:
     """``n`` augmented training samples as ``aug_samples_<i>.png`` (mask outline if any)."""
-    from bioflow.training.charts import save_sample
     if n <= 0:
         return []
     ds = _dataset_of(datamodule)
@@ -295,12 +270,6 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     ``ckpt_path``: the declared best checkpoint ``<root>/checkpoints/<name>_<run_id>-best.ckpt``,
     written atomically at the end (weights + hyper_parameters, no optimizer state).
     """
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
-    from bioflow.io import write_json
-    from bioflow.training.charts import plot_history
-
     tc = cfg["train"]
     ckpt_path, run_dir = Path(ckpt_path), Path(run_dir)
     # the working folder beside the declared checkpoint: <name>_<run_id>-best.ckpt -> <name>_<run_id>/
@@ -328,7 +297,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(logs, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    _atomic_text(hash_file, h + "\n")
+    write_text(hash_file, h + "\n")
 
     module.monitor, module.mode = monitor, mode
     ckpt_cb = ModelCheckpoint(dirpath=work, filename="best-{epoch:03d}", monitor=monitor, mode=mode,
@@ -340,10 +309,10 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
                               enable_version_counter=False)
     callbacks = [ckpt_cb, last_cb, LearningRateMonitor(logging_interval="epoch")]
     es = None
-    if int(tc.get("patience", 0)) > 0:
+    if int(tc["patience"]) > 0:
         es = EarlyStopping(monitor=monitor, mode=mode, patience=int(tc["patience"]))
         callbacks.append(es)
-    max_time = tc.get("max_time_minutes")
+    max_time = tc["max_time_minutes"]
     if max_time:
         # checked every step: training stops within the budget, not after one more epoch
         callbacks.append(Timer(duration=timedelta(minutes=float(max_time)), interval="step"))
@@ -352,16 +321,15 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     loggers = [CSVLogger(save_dir=run_dir, name="train_logs", version=""),
                TensorBoardLogger(save_dir=run_dir, name="train_logs", version="tensorboard",
                                  default_hp_metric=False)]
-    steps = tc.get("steps_per_epoch")
+    steps = tc["steps_per_epoch"]
     plugins = []
     if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1") or 1) <= 1:
         # one Snakemake job = one process: let Lightning launch its own device processes
         # instead of expecting srun-launched tasks (SLURMEnvironment)
-        from lightning_fabric.plugins.environments import LightningEnvironment
         plugins.append(LightningEnvironment())
     trainer = pl.Trainer(
-        max_epochs=int(tc["epochs"]), accelerator="auto", devices=tc.get("devices", "auto"),
-        strategy=tc.get("strategy", "auto"), precision=_precision(tc.get("precision", "auto")),
+        max_epochs=int(tc["epochs"]), accelerator="auto", devices=tc["devices"],
+        strategy=tc["strategy"], precision=_precision(tc["precision"]),
         callbacks=callbacks, logger=loggers, default_root_dir=str(work),
         limit_train_batches=int(steps) if steps else 1.0, enable_progress_bar=False,
         log_every_n_steps=10, num_sanity_val_steps=0, enable_model_summary=False,
@@ -375,7 +343,6 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     _merge_logs(logs / "metrics.csv", old_rows)
     best = ckpt_cb.best_model_path or ckpt_cb.last_model_path or (str(last) if last.is_file() else "")
     if not best or not Path(best).is_file():
-        from bioflow.errors import BioflowError
         raise BioflowError(f"{work}: training wrote no checkpoint; check train.epochs and the data")
     _copy_weights_only(Path(best), ckpt_path)
 
@@ -389,7 +356,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     charts.mkdir(parents=True, exist_ok=True)
     chart_files = plot_history(logs / "metrics.csv", charts)
     class_names = module.hparams.get("class_names") if hasattr(module, "hparams") else None
-    sample_files = save_augmented_samples(datamodule, charts, int(tc.get("n_sample_images", 0)), seed,
+    sample_files = save_augmented_samples(datamodule, charts, int(tc["n_sample_images"]), seed,
                                           class_names)
     score = ckpt_cb.best_model_score
     best_epoch = None

@@ -122,11 +122,11 @@ class CEDice(nn.Module):
 
 
 def _ce(tc, n, w):
-    return CrossEntropy(w, tc.get("ignore_index"))
+    return CrossEntropy(w, tc["ignore_index"])
 
 
 def _focal(tc, n, w):
-    return FocalLoss(tc.get("focal_gamma", 2.0), w, tc.get("ignore_index"))
+    return FocalLoss(tc["focal_gamma"], w, tc["ignore_index"])
 
 
 def _bce(tc, n, w):
@@ -134,11 +134,11 @@ def _bce(tc, n, w):
 
 
 def _dice(tc, n, w):
-    return DiceLoss(tc.get("ignore_index"))
+    return DiceLoss(tc["ignore_index"])
 
 
 def _ce_dice(tc, n, w):
-    return CEDice(tc.get("loss_weights", (0.5, 0.5)), w, tc.get("ignore_index"))
+    return CEDice(tc["loss_weights"], w, tc["ignore_index"])
 
 
 LOSSES: dict[str, Callable[[dict, int, torch.Tensor | None], nn.Module]] = {
@@ -150,7 +150,7 @@ def build_loss(train_cfg: dict, n_classes: int, class_weights=None) -> nn.Module
     """The loss named by ``train.loss``. ``class_weights``: resolved per-class weights (the
     caller turns ``train.class_weights: auto`` into numbers; see :func:`inverse_frequency`);
     for ``bce`` they are per-label positive weights."""
-    name = train_cfg.get("loss", "ce")
+    name = train_cfg["loss"]
     if name not in LOSSES:
         raise BioflowError(f"train.loss: unknown '{name}'; valid: {', '.join(sorted(LOSSES))}")
     return LOSSES[name](train_cfg, int(n_classes), _weights(class_weights, int(n_classes)))
@@ -166,7 +166,7 @@ def inverse_frequency(counts) -> list[float]:
 
 def resolve_class_weights(train_cfg: dict, counts) -> list[float] | None:
     """``train.class_weights``: null -> None, 'auto' -> inverse frequency, list -> as given."""
-    cw = train_cfg.get("class_weights")
+    cw = train_cfg["class_weights"]
     if cw is None:
         return None
     if cw == "auto":

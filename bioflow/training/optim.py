@@ -17,16 +17,16 @@ from bioflow.errors import BioflowError
 
 
 def _adam(params, tc):
-    return torch.optim.Adam(params, lr=tc["lr"], weight_decay=tc.get("weight_decay", 0.0))
+    return torch.optim.Adam(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
 
 
 def _adamw(params, tc):
-    return torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc.get("weight_decay", 0.0))
+    return torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
 
 
 def _sgd(params, tc):
-    return torch.optim.SGD(params, lr=tc["lr"], momentum=tc.get("momentum", 0.9),
-                           weight_decay=tc.get("weight_decay", 0.0), nesterov=tc.get("momentum", 0.9) > 0)
+    return torch.optim.SGD(params, lr=tc["lr"], momentum=tc["momentum"],
+                           weight_decay=tc["weight_decay"], nesterov=tc["momentum"] > 0)
 
 
 OPTIMIZERS: dict[str, Callable] = {"adam": _adam, "adamw": _adamw, "sgd": _sgd}
@@ -63,7 +63,7 @@ def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int = 0)
 
 
 def build_optimizer(params, train_cfg: dict) -> torch.optim.Optimizer:
-    name = train_cfg.get("optimizer", "adamw")
+    name = train_cfg["optimizer"]
     if name not in OPTIMIZERS:
         raise BioflowError(f"train.optimizer: unknown '{name}'; valid: {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[name](params, train_cfg)
@@ -80,19 +80,19 @@ def configure(module_params, train_cfg: dict, steps_per_epoch: int, epochs: int,
     training before ``epochs`` (so the schedule still anneals within the time budget).
     """
     opt = build_optimizer(module_params, train_cfg)
-    sched = train_cfg.get("scheduler", "none")
+    sched = train_cfg["scheduler"]
     if sched not in SCHEDULERS:
         raise BioflowError(f"train.scheduler: unknown '{sched}'; valid: {', '.join(SCHEDULERS)}")
     if sched == "none":
         return {"optimizer": opt}
     if sched == "reduce_on_plateau":
-        pat = max(1, int(train_cfg.get("patience", 20)) // 4)
+        pat = max(1, int(train_cfg["patience"]) // 4)
         s = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.5, patience=pat)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": s, "monitor": monitor,
                                                    "interval": "epoch", "frequency": 1}}
     spe = max(int(steps_per_epoch), 1)
     total = spe * max(int(epochs), 1)
-    warm = spe * int(train_cfg.get("warmup_epochs", 0))
+    warm = spe * int(train_cfg["warmup_epochs"])
 
     def factor(step):  # a closure: not pickled into checkpoints (see module docstring)
         t = (horizon or {}).get("total_steps") or total

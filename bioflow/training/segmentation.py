@@ -15,36 +15,31 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
+from bioflow.data.manifest import load_manifest
+from bioflow.data.normalization import load_stats
+from bioflow.data.segmentation import (SegmentationDataModule, load_samples, save_probability_maps,
+                                       save_sample_figures)
 from bioflow.errors import BioflowError
+from bioflow.metrics.segmentation import class_mean, counts_from_confusion, dice_from_counts, iou_from_counts
+from bioflow.models import build_model
+from bioflow.models.segmentation import size_divisor
 from bioflow.training.engine import BioflowModule, CONFIG_SECTIONS, fit, seed_run, unpack_batch
+from bioflow.training.losses import build_loss, resolve_class_weights
 
 log = logging.getLogger(__name__)
 
 
-def torch_counts(pred: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index=None) -> torch.Tensor:
-    """Torch twin of ``bioflow.metrics.segmentation.confusion_counts``: (n_classes + 1, 3) TP/FP/FN."""
-    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
-    if ignore_index is not None:
-        keep = target != ignore_index
-        pred, target = pred[keep], target[keep]
-    k = n_classes
-    cm = torch.bincount(target * k + pred.clamp(0, k - 1), minlength=k * k).reshape(k, k)
-    tp = cm.diag()
-    out = torch.zeros((k + 1, 3), dtype=torch.long, device=pred.device)
-    out[:k, 0], out[:k, 1], out[:k, 2] = tp, cm.sum(0) - tp, cm.sum(1) - tp
-    out[k, 0], out[k, 1], out[k, 2] = cm[1:, 1:].sum(), cm[0, 1:].sum(), cm[1:, 0].sum()
-    return out
-
-
 class SegmentationModule(BioflowModule):
-    """The shared module with validation metrics from summed confusion counts (no logits kept)."""
+    """The shared module with validation metrics from a confusion matrix summed over the epoch
+    (torchmetrics; no logits kept), scored by the metrics stage's own IoU / Dice definition."""
 
     def __init__(self, model, loss_fn, train_cfg, n_classes: int, hparams=None, ignore_index=None):
         super().__init__(model, loss_fn, train_cfg, {}, hparams, epoch_metrics=False)
         self.n_classes = int(n_classes)
         self.ignore_index = ignore_index
-        self._counts = None
+        self._cm = None
 
     def validation_step(self, batch, batch_idx):
         x, y, _ = unpack_batch(batch)
@@ -52,24 +47,31 @@ class SegmentationModule(BioflowModule):
         loss = self.loss_fn(logits, y)
         self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0],
                  sync_dist=True)
-        c = torch_counts(logits.argmax(1), y, self.n_classes, self.ignore_index)
-        self._counts = c if self._counts is None else self._counts + c
+        cm = multiclass_confusion_matrix(logits.argmax(1), y, self.n_classes, ignore_index=self.ignore_index,
+                                         validate_args=False)
+        self._cm = cm if self._cm is None else self._cm + cm
         return loss
 
     def on_validation_epoch_end(self):
-        if self._counts is None:
+        if self._cm is None:
             return
-        c = self._counts
-        self._counts = None
+        cm, self._cm = self._cm, None
         if self.trainer.world_size > 1:
-            c = self.all_gather(c).sum(0)
-        c = c.double()
-        tp, fp, fn = c[:, 0], c[:, 1], c[:, 2]
-        iou = torch.where(tp + fp + fn > 0, tp / (tp + fp + fn).clamp_min(1), torch.ones_like(tp))
-        dice = torch.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1), torch.ones_like(tp))
-        self.log("val_iou", iou[-1].float(), prog_bar=True)
-        self.log("val_dice", dice[-1].float())
-        self.log("val_miou", iou[:-1].mean().float())
+            cm = self.all_gather(cm).sum(0)
+        for name, value in val_scores(cm.cpu().numpy(), self.n_classes).items():
+            self.log(name, value, prog_bar=name == "val_iou")
+
+
+def val_scores(cm: np.ndarray, n_classes: int) -> dict[str, float]:
+    """``val_iou`` / ``val_dice`` (foreground, pooled over the val pixels) and ``val_miou`` (mean
+    over classes, a class absent from prediction and truth left out) from a confusion matrix.
+
+    An undefined score (no foreground in masks nor prediction) is logged as 0 so checkpointing
+    and early stopping keep a number to compare."""
+    counts = counts_from_confusion(cm)
+    iou, dice = iou_from_counts(counts), dice_from_counts(counts)
+    out = {"val_iou": iou[n_classes], "val_dice": dice[n_classes], "val_miou": class_mean(iou, n_classes)}
+    return {k: 0.0 if np.isnan(v) else float(v) for k, v in out.items()}
 
 
 def class_counts(samples, n_classes: int) -> np.ndarray:
@@ -80,7 +82,6 @@ def class_counts(samples, n_classes: int) -> np.ndarray:
 
 
 def check_patch(cfg: dict, model) -> None:
-    from bioflow.models.segmentation import size_divisor
     div = size_divisor(model)
     patch = cfg["data"]["patch_size"]
     if any(int(p) % div for p in patch):
@@ -94,7 +95,7 @@ def resolve_precision(cfg: dict) -> dict:
     Measured here: a U-Net trains 2-3x faster per pixel in bf16 autocast than in fp32 on CPU;
     on GPUs the engine's own choice (16-mixed) stands. Returns a copy when it changes anything.
     """
-    if str(cfg["train"].get("precision", "auto")) != "auto" or torch.cuda.is_available():
+    if str(cfg["train"]["precision"]) != "auto" or torch.cuda.is_available():
         return cfg
     try:
         ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -107,13 +108,6 @@ def resolve_precision(cfg: dict) -> dict:
 
 def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> dict:
     """Train one run; writes ``ckpt_path`` and ``run_dir/train_summary.json`` (returned)."""
-    from bioflow.data.manifest import load_manifest
-    from bioflow.data.normalization import load_stats
-    from bioflow.data.segmentation import (SegmentationDataModule, load_samples, save_probability_maps,
-                                           save_sample_figures, split_val)
-    from bioflow.models import build_model
-    from bioflow.training.losses import build_loss, resolve_class_weights
-
     t0 = time.time()
     cfg = resolve_precision(cfg)
     run_dir = Path(run_dir)
@@ -128,8 +122,6 @@ def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> di
     patch = d["patch_size"]
     train_s = [s for s in load_samples(manifest, "train", stats, cfg, pad_to=patch) if s.mask is not None]
     val_s = [s for s in load_samples(manifest, "val", stats, cfg, pad_to=patch) if s.mask is not None]
-    if not val_s and len(train_s) > 1:
-        train_s, val_s = split_val(train_s, float(d.get("val_split", 0.1)), int(cfg["experiment"].get("split_seed", 0)))
     if not train_s:
         raise BioflowError(f"{manifest_path}: no training image has a mask; check data.train (x/ and y/)")
     log.info("segmentation data: %d train / %d val images loaded in %.1fs", len(train_s), len(val_s),
@@ -137,19 +129,22 @@ def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> di
 
     weights = resolve_class_weights(tc, class_counts(train_s, n_classes))
     loss_fn = build_loss(tc, n_classes, weights)
-    hparams = {"cfg": {k: cfg.get(k) for k in CONFIG_SECTIONS}, "model_extra": {},
+    hparams = {"cfg": {k: cfg[k] for k in CONFIG_SECTIONS}, "model_extra": {},
                "class_names": manifest.get("classes"), "class_weights": weights,
                "normalization": stats}
-    module = SegmentationModule(model, loss_fn, tc, n_classes, hparams, tc.get("ignore_index"))
+    module = SegmentationModule(model, loss_fn, tc, n_classes, hparams, tc["ignore_index"])
     dm = SegmentationDataModule(cfg, train_s, val_s, seed)
 
-    sampling = d.get("sampling") or {}
+    sampling = d["sampling"]
     charts = run_dir / "charts"
-    save_sample_figures(dm.train_dataset, charts, int(tc.get("n_sample_images", 4)), seed)
-    if sampling.get("save_probability_maps"):
-        save_probability_maps(train_s, float(sampling.get("foreground_bias", 0.0)), run_dir / "probability_maps")
+    save_sample_figures(dm.train_dataset, charts, int(tc["n_sample_images"]), seed)
+    if sampling["save_probability_maps"]:
+        save_probability_maps(train_s, float(sampling["foreground_bias"]), run_dir / "probability_maps")
 
-    monitor = tc.get("monitor") or ("val_iou" if val_s else "train_loss")
+    if not val_s:
+        log.warning("no validation image with a mask (data.val / data.val_split): the checkpoint is "
+                    "chosen on train_loss")
+    monitor = tc["monitor"] or ("val_iou" if val_s else "train_loss")
     mode = "min" if "loss" in monitor else "max"
     summary = fit(cfg, run_id, module, dm, ckpt_path, run_dir, monitor=monitor, mode=mode)
     return summary
