@@ -19,7 +19,10 @@ Bottom layer: imports only :mod:`bioflow.errors`.
 from __future__ import annotations
 
 import copy
+import logging
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from bioflow.errors import BioflowError
@@ -141,3 +144,13 @@ class Job:
     params: dict[str, Any] = field(default_factory=dict)
     run_id: int | None = None
     threads: int = 1
+
+
+def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> None:
+    """Log to stderr and, for a Snakemake job, into the rule's log file."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        handlers=handlers, force=True)

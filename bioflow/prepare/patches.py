@@ -112,8 +112,6 @@ def patch_label(frac: float, class_index: int | None, min_fraction: float, free_
 def run(cfg: dict, manifest_path, out_dir, test_manifest_path=None) -> dict:
     """Stage patch_dataset; returns the info dict (also written to ``info.json``).
     ``test_manifest_path``: the test part's manifest, whose test split is cut too."""
-
-
     manifest = load_manifest(manifest_path)
     if test_manifest_path:
         manifest["splits"]["test"] = load_manifest(test_manifest_path)["splits"]["test"]

@@ -13,7 +13,7 @@ import sys
 
 from bioflow import config as bfconfig
 from bioflow.errors import BioflowError
-from bioflow.stage import Job
+from bioflow.stage import Job, setup_logging
 from bioflow.workflows.base import Workflow, stage
 from bioflow.workflows.classification import Classification
 from bioflow.workflows.patch_classification import PatchClassification
@@ -69,7 +69,6 @@ def load(path, overrides: dict | None = None) -> dict:
 def run_stage(snakemake, stage_name: str) -> None:
     """Body of every `workflow/scripts/<stage>.py`: logging into the rule's log, threads from
     the job, the stage run on its config slice alone, a user error printed as one line."""
-    from bioflow.cli import setup_logging
     setup_logging(snakemake.log[0] if snakemake.log else None)
     threads = max(1, int(getattr(snakemake, "threads", 1) or 1))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
