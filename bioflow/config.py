@@ -282,31 +282,6 @@ def deep_update(base: dict, update: dict) -> dict:
     return out
 
 
-# --- output layout (BiaPy's, see DESIGN.md) -------------------------------------------
-
-def output_root(cfg: dict) -> Path:
-    return Path(cfg["experiment"]["result_dir"]) / cfg["experiment"]["name"]
-
-
-def run_dir(cfg: dict, run_id: int | str) -> Path:
-    name = cfg["experiment"]["name"]
-    return output_root(cfg) / "results" / f"{name}_{run_id}"
-
-
-def data_paths(cfg: dict) -> dict[str, Any]:
-    """The train/val/test folders the stages read.
-
-    With ``data.csv`` set, csv_to_folders writes the class folders under
-    ``<output>/prepared/folders/`` and those replace the configured paths.
-    """
-    d = cfg["data"]
-    if d["csv"]:
-        root = output_root(cfg) / "prepared" / "folders"
-        return {"train": str(root / "train"), "val": str(root / "val") if d["val"] is None else d["val"],
-                "test": str(root / "test") if d["test"] is None else d["test"]}
-    return {"train": d["train"], "val": d["val"], "test": d["test"]}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bioflow.config",
                                      description="Generate the config JSON schema from bioflow/config_model.py.")

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 import torch
 
-from bioflow.config import output_root, run_dir
+from bioflow.layout import Layout
 from bioflow.data import normalization
 from bioflow.data.classification import fit_to_size
 from helpers_stages import call, job, prepare
@@ -32,7 +32,7 @@ def _run_all(cfg, run_id=1):
     summary = call(cfg, "train", run_id)
     call(cfg, "predict", run_id)
     metrics = call(cfg, "metrics", run_id)
-    rd = run_dir(cfg, run_id)
+    rd = Path(Layout.of(cfg).run_dir(run_id))
     ckpt = Path(job(cfg, "train", run_id).output["ckpt"])
     return summary, pd.read_csv(rd / "predictions.csv", keep_default_na=False), metrics, rd, ckpt
 

@@ -98,11 +98,13 @@ def test_load_applies_overrides(tmp_path):
 
 
 def test_output_layout_and_csv_paths():
+    from bioflow.layout import Layout
+    from bioflow.workflows import get
     cfg = config.validate(_cfg(experiment={"result_dir": "out"}, data={"csv": "l.csv", "train": None}))
-    assert config.output_root(cfg) == Path("out/x")
-    assert config.run_dir(cfg, 2) == Path("out/x/results/x_2")
-    paths = config.data_paths(cfg)
-    assert paths["train"] == str(Path("out/x/prepared/folders/train"))
+    lay = Layout.of(cfg)
+    assert lay.root == "out/x" and lay.run_dir(2) == "out/x/results/x_2"
+    # with data.csv, validation reads csv_to_folders' output
+    assert get("classification").job("validate_train", cfg).input == {"folders": "out/x/prepared/folders"}
 
 
 def test_cli_check(tmp_path, capsys):

@@ -1,13 +1,14 @@
 """Segmentation stages end to end on the bundled demo data (2D DSB2018, 3D nuclei), tiny runs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
 
-from bioflow.config import output_root, run_dir
+from bioflow.layout import Layout
 from bioflow.errors import BioflowError
 from bioflow.inference.segmentation import FOLDERS
 from helpers_stages import call, prepare
@@ -15,7 +16,7 @@ from helpers_stages import call, prepare
 
 def _prepare(cfg):
     prepare(cfg)
-    return output_root(cfg)
+    return Path(Layout.of(cfg).root)
 
 
 @pytest.mark.slow
@@ -35,7 +36,7 @@ def test_train_predict_postprocess_metrics(make_cfg, dsb_folders, nuclei3d_folde
                    inference={"padding": 4, "overlap": 0.25, "tta": ndim == 2, "batch_size": 4},
                    postprocess={"z_filter": 3, "yz_filter": 0})
     root = _prepare(cfg)
-    rd = run_dir(cfg, 1)
+    rd = Path(Layout.of(cfg).run_dir(1))
     ckpt = root / "checkpoints" / "test_1-best.ckpt"
     summary = call(cfg, "train", 1)
     assert ckpt.is_file() and summary["monitor"] == "val_iou" and summary["best_score"] is not None
@@ -77,7 +78,7 @@ def test_unlabelled_test_set(make_cfg, dsb_folders):
                    train={"epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "n_sample_images": 0},
                    inference={"full_image": False, "argmax": False})
     _prepare(cfg)
-    rd = run_dir(cfg, 1)
+    rd = Path(Layout.of(cfg).run_dir(1))
     call(cfg, "train", 1)
     call(cfg, "predict", 1)
     assert not (rd / "patch_metrics.json").exists()

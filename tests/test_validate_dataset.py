@@ -352,14 +352,14 @@ def test_given_val_folder_and_unlabelled_test(pneumonia_folders, make_cfg, tmp_p
 
 
 def test_csv_mode_missing_val_means_split_and_missing_test_means_none(make_cfg, demo_data, tmp_path):
-    from bioflow.config import data_paths
+    from bioflow.layout import Layout
     from bioflow.prepare.csv_to_folders import run as csv_to_folders
     table = pd.read_csv(demo_data / "pneumoniamnist" / "labels.csv")
     table = table[table["split"] == "train"].drop(columns="split")
     table.to_csv(tmp_path / "train_only.csv", index=False)
     cfg = make_cfg(data={"csv": str(tmp_path / "train_only.csv"),
                          "csv_options": {"image_root": str(demo_data / "pneumoniamnist")}})
-    csv_to_folders(cfg, data_paths(cfg)["train"].rsplit("/", 1)[0])
+    csv_to_folders(cfg, Layout.of(cfg).folders)
     m = run(cfg, tmp_path / "m.json")
     assert m["val_source"] == "split"
     assert len(m["splits"]["val"]) == 18 and len(m["splits"]["train"]) == 162

@@ -1,4 +1,6 @@
-"""Stage ``validate_dataset``: scan the data folders, check everything, write the manifest.
+"""Dataset validation: the file-level checks every workflow shares, collected, not raised one
+by one. Used by the ``validate_train`` / ``validate_test`` stages of ``bioflow/workflows/``,
+where each workflow module scans its own layout (class folders, x/ + y/ pairs, ...).
 
 Every problem found is collected and raised in ONE :class:`BioflowError`, each naming the
 file (or folder / config key) and what to do: unreadable or truncated files, non-image
@@ -12,24 +14,11 @@ from the image, non-integer masks, mask values >= ``n_classes`` (after
 Inputs are only read, never modified. Every file is decoded completely (a header alone would
 not reveal a truncated file or NaNs), on a few threads: decoders release the GIL.
 
-Layouts (folders from :func:`bioflow.config.data_paths`):
-
-* classification: ``<split>/<class>/<image>`` (sorted folder names = classes); an unlabelled
-  test set (``data.test_has_labels: false``) holds images directly or in any sub-folders;
-  multi-label (``model.multilabel``): images anywhere under ``<split>/`` plus
-  ``data.labels_csv`` (a file column and one 0/1 column per label; label columns = classes);
-* semantic_segmentation: ``<split>/x/<image>`` and ``<split>/y/<mask>`` with the same file
-  names (extensions may differ); ``test/y`` optional when ``test_has_labels`` is false;
-* patch_classification, two layouts (``patch_layout`` in the manifest):
-  ``"masks"``: ``<split>/x/`` + ``<split>/y/`` as in segmentation, masks holding defect class
-  ids (0 = free; ``data.mask_transform`` applies); ``"class_folders"``: class folders as in
-  classification, each image with a binary defect mask, either ``<class>/x/`` + ``<class>/y/``
-  or side by side as ``<name>.<ext>`` + ``<name>.png`` (the Magnetic-tile layout: JPG image,
-  PNG mask) or ``<name>_mask.<ext>``.
-
-Validation split when ``data.val`` is null (or, with ``data.csv``, when the CSV had no val
-rows): a ``data.val_split`` fraction of train, stratified by class for classification, seeded
-by ``experiment.split_seed``. The split is stored in the manifest so every run_id shares it.
+Two parts, two manifests (:data:`PARTS`): train + val (what training reads) and test (what
+prediction reads). Validation split when ``data.val`` is null (or, with ``data.csv``, when
+the CSV had no val rows): a ``data.val_split`` fraction of train, stratified by class for
+classification, seeded by ``experiment.split_seed``; stored in the manifest so every run_id
+shares it.
 """
 
 from __future__ import annotations

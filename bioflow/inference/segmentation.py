@@ -302,7 +302,7 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
         rows.append(row)
     with atomic_path(run_dir / "predictions.csv") as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
-    if patches:
+    if use_masks:  # a declared output whenever the test set has labels (possibly no patches)
         write_json(run_dir / "patch_metrics.json", {"patch_size": cfg["data"]["patch_size"],
                                                       "n_classes": n_classes, "patches": patches})
     elif (run_dir / "patch_metrics.json").exists():  # stale, from a run with labels
