@@ -66,6 +66,11 @@ def test_train_predict_postprocess_metrics(make_cfg, dsb_folders, nuclei3d_folde
     assert m["iou"]["per_image"]["n"] == len(test_names)
     per_image = pd.read_csv(rd / "metrics_per_image.csv")
     assert len(per_image) == len(test_names) and "per_image_iou_foreground" in per_image
+    # the report: shared tables plus the workflow's own section (per-image IoU, worst first)
+    call(cfg, "save_config")
+    html = Path(call(cfg, "report")).read_text()
+    worst = per_image.sort_values("per_image_iou_foreground")["file"].iloc[0]
+    assert "Per image, worst first" in html and html.index(worst) < html.index("Configuration")
 
 
 def test_unlabelled_test_set(make_cfg, dsb_folders):

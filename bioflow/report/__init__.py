@@ -84,7 +84,8 @@ def _provenance() -> dict[str, str]:
     return info
 
 
-def build_html(cfg: dict, run_dirs: list[str | Path], config_text: str | None = None) -> str:
+def build_html(cfg: dict, run_dirs: list[str | Path], config_text: str | None = None,
+               sections: list[str] | None = None) -> str:
     run_dirs = [Path(d) for d in run_dirs]
     metrics, summaries = {}, {}
     for d in run_dirs:
@@ -144,6 +145,7 @@ def build_html(cfg: dict, run_dirs: list[str | Path], config_text: str | None = 
             parts.extend(_img(p, 200 if p.name.startswith("aug_samples") else 420) for p in images[:max_charts])
             parts.append("</div>")
 
+    parts.extend(sections or [])  # the workflow's own sections (bioflow.workflows)
     if config_text is not None:
         parts.append("<h2>Configuration</h2><pre>" + html.escape(config_text) + "</pre>")
     prov = _provenance()
@@ -156,11 +158,17 @@ def build_html(cfg: dict, run_dirs: list[str | Path], config_text: str | None = 
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
-def run(cfg: dict, run_dirs: list[str | Path], out_html: str | Path, config_file=None) -> Path:
+def table(header: list[str], rows: list[list]) -> str:
+    """An HTML table (cells escaped), for workflow report sections."""
+    return _table([html.escape(str(h)) for h in header], [[html.escape(str(c)) for c in r] for r in rows])
+
+
+def run(cfg: dict, run_dirs: list[str | Path], out_html: str | Path, config_file=None,
+        sections: list[str] | None = None) -> Path:
     """Stage `report`: write report.html aggregating ``run_dirs`` (one per run_id);
     ``config_file``: the experiment's full config (``config_files/config.yaml``), shown as is."""
     config_text = Path(config_file).read_text() if config_file else None
-    page = build_html(cfg, run_dirs, config_text)
+    page = build_html(cfg, run_dirs, config_text, sections)
     out_html = Path(out_html)
     with atomic_path(out_html) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")

@@ -121,8 +121,8 @@ class Workflow:
         """Cross-key problems the schema cannot express (one string per problem)."""
         return []
 
-    def report_sections(self, run_dirs: list[Path]) -> list[str]:
-        """Extra HTML sections of report.html."""
+    def report_sections(self, cfg: StageConfig, run_dirs: list[Path]) -> list[str]:
+        """The workflow's own HTML sections of report.html (after the shared metric tables)."""
         return []
 
     def _method(self, stage_name: str):
@@ -261,7 +261,9 @@ class Workflow:
     @stage("experiment.name", "experiment.workflow", "experiment.ndim", "experiment.run_ids", "report")
     def report(self, cfg: StageConfig, job: Job):
         from bioflow import report  # matplotlib: kept out of `snakemake -n`
-        return report.run(cfg, job.params["run_dirs"], job.output["html"], job.input["config"])
+        run_dirs = [Path(d) for d in job.params["run_dirs"]]
+        return report.run(cfg, run_dirs, job.output["html"], job.input["config"],
+                          self.report_sections(cfg, run_dirs))
 
     @stage("experiment", "data", "model", "train", "inference", "postprocess", "patches", "metrics",
            "report")

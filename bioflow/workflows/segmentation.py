@@ -67,6 +67,25 @@ class SemanticSegmentation(Workflow):
                                 f"data.train as a folder with x/ and y/")
         return problems
 
+    def report_sections(self, cfg, run_dirs):
+        """Per-image foreground IoU, worst first: which test images to look at."""
+        import pandas as pd  # not needed for `snakemake -n`
+        from bioflow.report import table
+        out = []
+        for d in run_dirs:
+            path = d / "metrics_per_image.csv"
+            if not path.is_file():
+                continue
+            df = pd.read_csv(path)
+            cols = [c for c in ("per_image_iou_foreground", "full_image_iou_foreground",
+                                "post_processing_iou_foreground") if c in df]
+            if not cols:
+                continue
+            df = df.sort_values(cols[0]).head(20)
+            rows = [[r["file"]] + [f"{r[c]:.4f}" for c in cols] for _, r in df.iterrows()]
+            out.append(f"<h3>Per image, worst first: {d.name}</h3>" + table(["file"] + cols, rows))
+        return out
+
     # --- layout ----------------------------------------------------------------------------
 
     def scan(self, ck, cfg, roots, classes):
