@@ -67,18 +67,6 @@ def _key_sorted(value):
     return value
 
 
-def merge(a: dict, b: dict) -> dict:
-    """Deep union of two slices (``b`` wins on conflicts, which do not occur for slices of
-    one config)."""
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 class StageConfig(dict):
     """A read-only view of one stage's config slice.
 

@@ -28,7 +28,8 @@ from bioflow.data import normalization, validate
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path, write_json
 from bioflow.layout import Layout
-from bioflow.stage import Job, StageConfig, Untracked, merge, slice_config
+from bioflow.config import deep_update
+from bioflow.stage import Job, StageConfig, Untracked, slice_config
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ class Workflow:
     name: ClassVar[str]
     # images come with masks (segmentation-like layouts)
     has_masks: ClassVar[bool] = False
+    # inputs only some workflows read: multi-label targets, CSV / .npz data and metadata
+    multilabel: ClassVar[bool] = False
+    reads_csv: ClassVar[bool] = False
+    layout_hint: ClassVar[str] = "a folder"  # for messages: what data.train should be
     # keys a workflow's version of a shared stage reads besides the shared ones
     extra_keys: ClassVar[dict[str, tuple[str, ...]]] = {}
     # stages whose results depend on the code: a new bioflow version reruns them
@@ -102,7 +107,7 @@ class Workflow:
 
     def run(self, stage_name: str, tracked: dict, runtime: dict, job: Job):
         """Run a stage on its slice alone (what every script does)."""
-        cfg = StageConfig(merge(tracked, runtime), stage_name)
+        cfg = StageConfig(deep_update(tracked, runtime), stage_name)
         return self._method(stage_name)(self, cfg, job)
 
     def targets(self, cfg: dict, layout: Layout) -> list[str]:
@@ -118,8 +123,17 @@ class Workflow:
         return {}
 
     def check_config(self, cfg: dict) -> list[str]:
-        """Cross-key problems the schema cannot express (one string per problem)."""
-        return []
+        """Cross-key problems the schema cannot express (one string per problem); a subclass
+        extends the list. Here: inputs only some workflows read."""
+        problems = []
+        if cfg["model"]["multilabel"] and not self.multilabel:
+            problems.append(f"model.multilabel: the {self.name} workflow is not multi-label; only "
+                            f"classification is")
+        for key in ("csv", "metadata_csv"):
+            if cfg["data"][key] and not self.reads_csv:
+                problems.append(f"data.{key}: CSV input is for the classification workflow; give "
+                                f"data.train as {self.layout_hint}")
+        return problems
 
     def report_sections(self, cfg: StageConfig, run_dirs: list[Path]) -> list[str]:
         """The workflow's own HTML sections of report.html (after the shared metric tables)."""

@@ -25,6 +25,8 @@ RUNTIME_TRAIN_KEYS = ("train.num_workers", "train.n_sample_images", "inference.b
 
 class Classification(Workflow):
     name = "classification"
+    multilabel = True
+    reads_csv = True
     extra_keys: ClassVar[dict] = {
         "validate_train": ("model.multilabel", "data.labels_csv", "data.metadata_csv", "data.csv_options"),
         "validate_test": ("model.multilabel", "data.labels_csv", "data.metadata_csv", "data.csv_options"),
@@ -49,7 +51,7 @@ class Classification(Workflow):
         return not cfg["model"]["multilabel"]
 
     def check_config(self, cfg: dict) -> list[str]:
-        problems = []
+        problems = super().check_config(cfg)
         if cfg["model"]["multilabel"] and not cfg["data"]["labels_csv"]:
             problems.append("model.multilabel: true needs data.labels_csv (one 0/1 column per label)")
         if not cfg["model"]["multilabel"] and cfg["model"]["n_classes"] < 2:

@@ -23,6 +23,7 @@ from bioflow.workflows.base import Workflow, stage
 
 class PatchClassification(Workflow):
     name = "patch_classification"
+    layout_hint = "image folders with defect masks"
     extra_keys: ClassVar[dict] = {
         "validate_train": ("data.mask_transform",),
         "validate_test": ("data.mask_transform", "model.n_classes"),
@@ -34,16 +35,6 @@ class PatchClassification(Workflow):
 
     def targets(self, cfg: dict, layout: Layout) -> list[str]:
         return [f"{layout.patches}/info.json", layout.config_copy]
-
-    def check_config(self, cfg: dict) -> list[str]:
-        problems = []
-        if cfg["model"]["multilabel"]:
-            problems.append("model.multilabel: only the classification workflow is multi-label")
-        for key in ("csv", "metadata_csv"):
-            if cfg["data"][key]:
-                problems.append(f"data.{key}: CSV input is for the classification workflow; give "
-                                f"data.train as image folders with defect masks")
-        return problems
 
     def classes(self, cfg, train_root):
         if train_root is None or (train_root / "x").is_dir():

@@ -29,6 +29,7 @@ FULL_IMAGE_DIRS = ("full_image", "full_image_binarized")
 class SemanticSegmentation(Workflow):
     name = "semantic_segmentation"
     has_masks = True
+    layout_hint = "a folder with x/ (images) and y/ (masks)"
     extra_keys: ClassVar[dict] = {
         "validate_train": ("data.mask_transform",),
         "validate_test": ("data.mask_transform",),
@@ -51,7 +52,7 @@ class SemanticSegmentation(Workflow):
         return {}
 
     def check_config(self, cfg: dict) -> list[str]:
-        problems = []
+        problems = super().check_config(cfg)
         pad = cfg["inference"]["padding"]
         if 2 * pad >= min(cfg["data"]["patch_size"]):
             # caught here, not at inference time after training: tiles keep no core otherwise
@@ -59,12 +60,6 @@ class SemanticSegmentation(Workflow):
                             f"{cfg['data']['patch_size']}; use a padding below half the smallest patch side")
         if cfg["model"]["n_classes"] < 2:
             problems.append("model.n_classes: segmentation needs at least 2 (background + foreground)")
-        if cfg["model"]["multilabel"]:
-            problems.append("model.multilabel: only the classification workflow is multi-label")
-        for key in ("csv", "metadata_csv"):
-            if cfg["data"][key]:
-                problems.append(f"data.{key}: CSV input is for the classification workflow; give "
-                                f"data.train as a folder with x/ and y/")
         return problems
 
     def report_sections(self, cfg, run_dirs):
