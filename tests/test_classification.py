@@ -56,7 +56,7 @@ def test_2d_end_to_end_predictions_and_metrics(make_cfg, pneumonia_folders):
     assert (rd / "metrics.csv").is_file() and (rd / "confusion_matrix.png").is_file()
     assert (rd / "charts" / "aug_samples_0.png").is_file() and (rd / "charts" / "val_auc.png").is_file()
     # the checkpoint carries what inference needs (config, classes) besides the statistics
-    hp = torch.load(ckpt, weights_only=False)["hyper_parameters"]
+    hp = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert hp["class_names"] == ["normal", "pneumonia"] and hp["cfg"]["data"]["patch_size"] == [32, 32]
 
 
@@ -132,7 +132,7 @@ def test_multilabel_with_metadata(make_cfg, tmp_path):
     assert pred.loc[pred["file"] == "test_1.tif", "true_class"].item() == "cat"
     assert m["multilabel"] and set(m["per_label"]) == {"cat", "dog", "owl"}
     assert {"auc", "f1"} <= set(m["per_label"]["cat"])
-    hp = torch.load(ckpt, weights_only=False)["hyper_parameters"]
+    hp = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert hp["n_metadata"] == 2 and hp["multilabel"]
 
 

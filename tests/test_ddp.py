@@ -44,7 +44,7 @@ def check_two_ranks_one_checkpoint(out: Path, ranks: list[dict]) -> None:
     assert [r["samples_seen"] for r in ranks] == [N_TRAIN // 2 * EPOCHS] * 2, ranks
     ckpts = list((out / "checkpoints").glob("*-best.ckpt"))
     assert [p.name for p in ckpts] == ["ddp_1-best.ckpt"]
-    state = torch.load(ckpts[0], map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpts[0], map_location="cpu", weights_only=True)["state_dict"]
     assert set(state) == {"model.weight", "model.bias"}
     summary = json.loads((out / "run" / "train_summary.json").read_text())
     assert summary["epochs_run"] >= EPOCHS - 1 and summary["best_checkpoint"].endswith("ddp_1-best.ckpt")

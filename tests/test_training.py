@@ -89,7 +89,7 @@ def test_fit_writes_checkpoint_logs_charts_and_resumes(tmp_path):
     assert len(list((run / "charts").glob("aug_samples_*.png"))) == 2
     assert list((run / "train_logs" / "tensorboard").glob("events.*"))
     # the checkpoint alone rebuilds the model (no optimizer state in the declared copy)
-    ck = torch.load(best, weights_only=False)
+    ck = torch.load(best, weights_only=True)
     assert "optimizer_states" not in ck and ck["hyper_parameters"]["class_names"] == ["a", "b"]
     model, hp = load_model_from_checkpoint(best)
     assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 2)
@@ -197,5 +197,5 @@ def test_last_checkpoint_written_every_epoch_even_without_improvement(tmp_path):
     # newest epoch, or a killed run would resume from its last improvement.
     cfg = _cfg(tmp_path, epochs=3, patience=0, lr=1e-12, scheduler="none", n_sample_images=0)
     _run(tmp_path, cfg)
-    last = torch.load(tmp_path / "toy" / "checkpoints" / "toy_1" / "last.ckpt", weights_only=False)
+    last = torch.load(tmp_path / "toy" / "checkpoints" / "toy_1" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 2

@@ -10,10 +10,9 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import torch
-
 from bioflow.errors import BioflowError
 from bioflow.models.registry import build_model
+from bioflow.models.serialization import load_tensors
 
 
 def load_model_from_checkpoint(ckpt_path, map_location="cpu"):
@@ -21,9 +20,9 @@ def load_model_from_checkpoint(ckpt_path, map_location="cpu"):
     p = Path(ckpt_path)
     if not p.is_file():
         raise BioflowError(f"{p}: checkpoint not found; run the train stage first")
-    ck = torch.load(p, map_location=map_location, weights_only=False)
-    hp = ck.get("hyper_parameters") or {}
-    if "cfg" not in hp:
+    ck = load_tensors(p, "checkpoint")  # weights_only: bioflow checkpoints hold tensors + plain data
+    hp = ck.get("hyper_parameters") if isinstance(ck, dict) else None
+    if not hp or "cfg" not in hp:
         raise BioflowError(f"{p}: not a bioflow checkpoint (no cfg in hyper_parameters); retrain")
     cfg = copy.deepcopy(hp["cfg"])
     cfg["model"]["weights"] = None  # the checkpoint's own weights follow
@@ -31,5 +30,5 @@ def load_model_from_checkpoint(ckpt_path, map_location="cpu"):
     model = build_model(cfg, **(hp.get("model_extra") or {}))
     state = {k[len("model."):]: v for k, v in ck["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
-    model.eval()
+    model.to(map_location).eval()
     return model, hp

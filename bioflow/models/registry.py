@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 from torch import nn
 
 from bioflow.errors import BioflowError
+from bioflow.models.serialization import load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ def check_architecture(cfg: dict) -> ModelSpec:
     ndim = int(cfg["experiment"]["ndim"])
     weights = cfg["model"]["weights"]
     if weights and not Path(weights).is_file():
-        raise BioflowError(f"model.weights: file not found: {weights}; give a local state_dict (.pt/.pth/.ckpt) or null")
+        raise BioflowError(f"model.weights: file not found: {weights}; give a local state_dict "
+                           f"(.pt/.pth/.ckpt/.safetensors) or null")
     spec = _REGISTRY.get(name)
     if spec is None:
         families = _fallbacks(wf, ndim)
@@ -123,20 +124,16 @@ def _maybe_load_weights(model: nn.Module, cfg: dict) -> nn.Module:
 
 
 def load_weights(model: nn.Module, path) -> dict:
-    """Load a local state_dict (or Lightning checkpoint) into ``model`` non-strictly.
+    """Load a local state_dict (``.pt`` / ``.pth``, a Lightning ``.ckpt`` or ``.safetensors``)
+    into ``model`` non-strictly. Read with ``weights_only=True``: a file that needs pickle is
+    refused (see :mod:`bioflow.models.serialization`).
 
     Tensors whose shape differs (typically the classifier head for another class count) are
     dropped; missing / unexpected keys are logged. Returns ``{"missing", "unexpected",
     "dropped"}`` key lists.
     """
     p = Path(path)
-    if not p.is_file():
-        raise BioflowError(f"model.weights: file not found: {p}; give a local state_dict (.pt/.pth/.ckpt)")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling error means a bad file
-        raise BioflowError(f"model.weights: {p} is not a torch state_dict ({type(exc).__name__}); "
-                           f"save one with torch.save(model.state_dict(), path)") from None
+    state = load_tensors(p, "model.weights")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # a Lightning checkpoint: keys are "model.<...>"
     if not isinstance(state, dict):

@@ -40,6 +40,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path, write_json, write_text
+from bioflow.models.serialization import load_tensors
 from bioflow.training import optim
 from bioflow.training.charts import plot_history, save_sample
 
@@ -91,6 +92,23 @@ def unpack_batch(batch):
     return x, y, (batch[2] if len(batch) > 2 else None)
 
 
+def plain(value, where: str = "value"):
+    """``value`` itself when it holds only dicts, lists, tuples, str, int, float, bool and None:
+    what a checkpoint may carry besides tensors so that it loads with ``weights_only=True``."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: key {k!r} is not a str")
+            plain(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            plain(v, f"{where}[{i}]")
+    elif not (value is None or type(value) in (str, int, float, bool)):
+        raise TypeError(f"{where}: {type(value).__name__} is not plain data; checkpoints must load "
+                        f"with torch.load(weights_only=True)")
+    return value
+
+
 class BioflowModule(pl.LightningModule):
     """Thin wrapper: forward = ``model(x[, meta])``; logs ``train_loss``, ``val_loss`` and
     ``val_<name>`` for each ``metric_fns[name](logits, target) -> float tensor``.
@@ -111,7 +129,7 @@ class BioflowModule(pl.LightningModule):
         self.epoch_metrics = epoch_metrics
         self.monitor, self.mode = "val_loss", "min"
         self.horizon: dict = {"total_steps": None}  # schedule length, see TimeBudgetSchedule
-        self.save_hyperparameters(dict(hparams or {}))
+        self.save_hyperparameters(plain(dict(hparams or {}), "hparams"))
         self._val_logits, self._val_targets = [], []
 
     def forward(self, x, meta=None):
@@ -204,7 +222,7 @@ def _precision(value) -> str:
 
 def _copy_weights_only(src: Path, dst: Path) -> None:
     """Copy a checkpoint without optimizer / scheduler state (inference needs neither)."""
-    ck = torch.load(src, map_location="cpu", weights_only=False)
+    ck = load_tensors(src, "checkpoint")
     for k in ("optimizer_states", "lr_schedulers"):
         ck.pop(k, None)
     with atomic_path(dst) as tmp:
@@ -284,7 +302,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     resume_from, old_rows, start_epoch = None, None, 0
     if last.is_file() and hash_file.is_file() and hash_file.read_text().strip() == h:
         try:
-            start_epoch = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"]) + 1
+            start_epoch = int(load_tensors(last, "checkpoint")["epoch"]) + 1
             resume_from = str(last)
             old_rows = _old_log_rows(logs / "metrics.csv", start_epoch - 1)
             log.info("resuming from %s at epoch %d", last, start_epoch)
@@ -335,7 +353,8 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
         log_every_n_steps=10, num_sanity_val_steps=0, enable_model_summary=False,
         plugins=plugins or None)
     t0 = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    # our own last.ckpt holds tensors and plain data: no pickle needed to resume either
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     wall = time.time() - t0
 
     if not trainer.is_global_zero:
@@ -361,7 +380,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     score = ckpt_cb.best_model_score
     best_epoch = None
     try:
-        best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"])
+        best_epoch = int(load_tensors(best, "checkpoint")["epoch"])
     except Exception:  # noqa: BLE001
         pass
     summary = {
