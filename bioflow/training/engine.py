@@ -95,12 +95,12 @@ def unpack_batch(batch):
 def plain(value, where: str = "value"):
     """``value`` itself when it holds only dicts, lists, tuples, str, int, float, bool and None:
     what a checkpoint may carry besides tensors so that it loads with ``weights_only=True``."""
-    if isinstance(value, dict):
+    if type(value) is dict:  # exactly: a dict subclass pickles as a class, refused by weights_only
         for k, v in value.items():
             if not isinstance(k, str):
                 raise TypeError(f"{where}: key {k!r} is not a str")
             plain(v, f"{where}.{k}")
-    elif isinstance(value, (list, tuple)):
+    elif type(value) in (list, tuple):
         for i, v in enumerate(value):
             plain(v, f"{where}[{i}]")
     elif not (value is None or type(value) in (str, int, float, bool)):
@@ -129,7 +129,8 @@ class BioflowModule(pl.LightningModule):
         self.epoch_metrics = epoch_metrics
         self.monitor, self.mode = "val_loss", "min"
         self.horizon: dict = {"total_steps": None}  # schedule length, see TimeBudgetSchedule
-        self.save_hyperparameters(plain(dict(hparams or {}), "hparams"))
+        # a deep copy turns a stage's config slice (StageConfig) into plain dicts
+        self.save_hyperparameters(plain(copy.deepcopy(dict(hparams or {})), "hparams"))
         self._val_logits, self._val_targets = [], []
 
     def forward(self, x, meta=None):
