@@ -244,3 +244,51 @@ def test_deployment_is_loaded_only_from_a_named_folder_with_its_hash(tmp_path):
     os.remove(dep / "backbone.pt")
     with pytest.raises(BioflowError, match="lacks backbone.pt"):
         load_deployment(dep, [dep])
+
+
+def test_training_lines_filters_and_balance(tmp_path):
+    txt = tmp_path / "dataset.txt"
+    txt.write_text("a_good.h5,good\na_1.h5,crack\nb_good.h5,good\nb_1.h5,hole\nc_good.h5,good\n")
+    samples, targets = ps.load_train_file(txt, include_filter=["a_", "b_"], exclude_filter=["_1"])
+    assert [Path(s).name for s in samples] == ["a_good.h5", "b_good.h5"] and targets == ["good", "good"]
+    _, targets = ps.load_train_file(txt, class_to_skip=["hole"])
+    assert "hole" not in targets and len(targets) == 4
+    samples, targets = ps.balance(*ps.load_train_file(txt))
+    assert {t: targets.count(t) for t in set(targets)} == {"good": 3, "crack": 3, "hole": 3}
+
+
+def test_annotated_good_regions_avoid_real_defects():
+    mask = np.zeros((128, 128), np.uint8)
+    mask[10:40, 10:40] = 3      # annotated as good (e.g. a known harmless mark)
+    mask[20:30, 45:55] = 1      # a real defect next to it
+    good, regions = patches.train_regions(mask, 16, 16, annotated_good=[3])
+    by_class = {cls: region for _, cls, region in regions}
+    assert set(by_class) == {1, 3}
+    # no centre of an annotated-good patch lies within a patch of the real defect
+    from scipy.ndimage import maximum_filter
+    near_defect = maximum_filter((mask == 1).astype(np.uint8), size=16).astype(bool)
+    assert not (by_class[3] & near_defect).any() and by_class[3].any()
+
+
+def test_a_bioflow_checkpoint_is_a_backbone_and_a_mismatch_is_named(tmp_path):
+    import torch
+
+    from bioflow.models import build_model
+    from bioflow.models.patch_features import build_backbone
+    cfg = {"experiment": {"workflow": "classification", "ndim": 2}, "data": {"channels": 1, "patch_size": [32, 32]},
+           "model": validate_config(sample_config(tmp_path, tmp_path))["model"] | {"architecture": "resnet18"}}
+    model = build_model(cfg)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.add_(0.5)
+    ck = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"cfg": cfg}}, ck)
+    backbone = build_backbone({**cfg["model"], "weights": str(ck)}, 1, [32, 32])
+    for (name, a), b in zip(backbone.state_dict().items(), model.backbone.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not any(p.requires_grad for p in backbone.parameters()) and not backbone.training
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.allclose(backbone(x), model.backbone.eval()(x))
+    with pytest.raises(BioflowError, match="is a bioflow checkpoint of a 'resnet18', not model.architecture"):
+        build_backbone({**cfg["model"], "architecture": "resnet34", "weights": str(ck)}, 1, [32, 32])

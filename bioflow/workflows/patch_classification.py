@@ -193,7 +193,8 @@ class PatchClassification(Workflow):
 
     def _split(self, cfg, entries):
         p = cfg["patches"]
-        strata = [_stratum(e) for e in entries]
+        binary = cfg["data"]["mask_transform"] != "none"  # instance ids are not classes
+        strata = [[1] if binary and _stratum(e) != [0] else _stratum(e) for e in entries]
         # the rarest class an image holds (images with several defects stratify by it)
         freq = {}
         for s in strata:
