@@ -292,3 +292,17 @@ def test_a_bioflow_checkpoint_is_a_backbone_and_a_mismatch_is_named(tmp_path):
     assert torch.allclose(backbone(x), model.backbone.eval()(x))
     with pytest.raises(BioflowError, match="is a bioflow checkpoint of a 'resnet18', not model.architecture"):
         build_backbone({**cfg["model"], "architecture": "resnet34", "weights": str(ck)}, 1, [32, 32])
+
+
+def test_patch_f1_bootstrap_agrees_with_sklearn():
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    from bioflow.metrics.patch import f1_from_confusion, patch_f1_ci
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 500)
+    yp = np.where(rng.random(500) < 0.6, y, rng.integers(0, 4, 500))
+    np.testing.assert_allclose(f1_from_confusion(confusion_matrix(y, yp, labels=range(4))),
+                               f1_score(y, yp, labels=range(4), average=None, zero_division=0))
+    ci = patch_f1_ci(y, yp, ["a", "b", "c", "d"], 200)
+    lo, hi = ci["f1_macro"]
+    assert lo < f1_score(y, yp, average="macro") < hi and hi - lo < 0.2
