@@ -306,3 +306,17 @@ def test_patch_f1_bootstrap_agrees_with_sklearn():
     ci = patch_f1_ci(y, yp, ["a", "b", "c", "d"], 200)
     lo, hi = ci["f1_macro"]
     assert lo < f1_score(y, yp, average="macro") < hi and hi - lo < 0.2
+
+
+def test_h5_files_written_by_several_processes_are_the_same(sample_cfg, tmp_path):
+    from bioflow.io import read_json
+    prepare(sample_cfg)
+    wf = workflows.get("patch_classification")
+    job = wf.job("patch_dataset", sample_cfg)
+    one = patches.run(sample_cfg, job.input["manifest"], tmp_path / "one", job.input["test_manifest"])
+    two = patches.run(sample_cfg, job.input["manifest"], tmp_path / "two", job.input["test_manifest"], num_workers=2)
+    assert one == two == read_json(tmp_path / "two" / "info.json")
+    assert (tmp_path / "one/train/dataset.txt").read_text() == (tmp_path / "two/train/dataset.txt").read_text()
+    for f in (tmp_path / "one" / "train").glob("*.h5"):
+        with h5py.File(f) as a, h5py.File(tmp_path / "two" / "train" / f.name) as b:
+            np.testing.assert_array_equal(a["triangles"][()], b["triangles"][()])
