@@ -276,7 +276,7 @@ def test_a_bioflow_checkpoint_is_a_backbone_and_a_mismatch_is_named(tmp_path):
     from bioflow.models import build_model
     from bioflow.models.patch_features import build_backbone
     cfg = {"experiment": {"workflow": "classification", "ndim": 2}, "data": {"channels": 1, "patch_size": [32, 32]},
-           "model": validate_config(sample_config(tmp_path, tmp_path))["model"] | {"architecture": "resnet18"}}
+           "model": validate_config(sample_config(tmp_path, tmp_path))["model"] | {"architecture": "simple_cnn"}}
     model = build_model(cfg)
     with torch.no_grad():
         for prm in model.parameters():
@@ -290,8 +290,8 @@ def test_a_bioflow_checkpoint_is_a_backbone_and_a_mismatch_is_named(tmp_path):
     assert not any(p.requires_grad for p in backbone.parameters()) and not backbone.training
     x = torch.randn(2, 1, 32, 32)
     assert torch.allclose(backbone(x), model.backbone.eval()(x))
-    with pytest.raises(BioflowError, match="is a bioflow checkpoint of a 'resnet18', not model.architecture"):
-        build_backbone({**cfg["model"], "architecture": "resnet34", "weights": str(ck)}, 1, [32, 32])
+    with pytest.raises(BioflowError, match="is a bioflow checkpoint of a 'simple_cnn', not model.architecture"):
+        build_backbone({**cfg["model"], "architecture": "resnet18", "weights": str(ck)}, 1, [32, 32])
 
 
 def test_patch_f1_bootstrap_agrees_with_sklearn():
