@@ -268,7 +268,7 @@ def evaluate(cfg: dict, info_path, predictions_csv, run_dir) -> dict:
 
 def report_section(run_dir: Path, max_images: int = 12) -> str:
     """HTML: the overlays of a run (reconstructed defects on the test images)."""
-    from bioflow.report import _img  # matplotlib-free, but the report module is not needed for -n
+    from bioflow.report import _img
     pics = sorted((run_dir / "overlays").glob("*.png")) if (run_dir / "overlays").is_dir() else []
     if not pics:
         return ""
