@@ -22,6 +22,7 @@ wildcard_constraints:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/patch.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/evaluate.smk"
 

@@ -196,11 +196,68 @@ class Postprocess(_Section):
 
 
 class Patches(_Section):
-    """patches: the patch_classification workflow's patch dataset."""
+    """patches: the patch_classification workflow (2D, quadra's): patch dataset, frozen backbone
+    features, scikit-learn head, reconstruction."""
 
-    size: list[Int(ge=1)] = Field([64, 64], min_length=2, max_length=3)
-    stride: list[Int(ge=1)] | None = None
-    min_defect_fraction: Num(ge=0, le=1) = 0.05
+    # inputs
+    mask_extension: str = Field("", description="images/ + masks/ layout: the mask of images/a.png is "
+                                "masks/a<mask_extension>.*; an image without one is wholly good")
+    class_to_idx: dict[str, Int(ge=0)] | None = Field(
+        None, description="class name -> mask value, 0 = good, values 0..n-1 (images/ or x/ layouts); null: "
+        "class folders give the names (the *free* / *good* one first), else '0'..'n-1'")
+    # generation (quadra's generate_patch_dataset)
+    val_size: Num(ge=0, lt=1) = Field(0.3, description="fraction of the data.train images that make the val "
+                                      "split when data.val is null (stratified by the classes an image holds)")
+    test_size: Num(ge=0, lt=1) = Field(0.0, description="fraction of the data.train images held out as the "
+                                       "test set when data.test is null")
+    seed: Int(ge=0) = Field(42, description="seed of the val / test split")
+    patch_size: list[Int(ge=1)] | None = Field([64, 64], min_length=2, max_length=2,
+                                               description="[height, width] of a patch; or null and patch_number")
+    patch_number: list[Int(ge=1)] | None = Field(
+        None, min_length=2, max_length=2,
+        description="[rows, columns] of patches per image (size per image); needs patch_size: null, input_size")
+    overlap: Num(ge=0, lt=1) = Field(0.0, description="fraction of a patch shared with its neighbour on the grid")
+    area_threshold: Num(ge=0, le=1) = Field(
+        0.45, description="a grid patch is a defect when a class covers more than this fraction of it ...")
+    area_defect_threshold: Num(ge=0, le=1) = Field(
+        0.2, description="... or holds more than this fraction of one annotated defect; other defect "
+        "pixels make it #DISCARD#")
+    repeat_good_images: Int(ge=1) = Field(1, description="dataset.txt lines per image without defects")
+    balance_defects: bool = Field(True, description="one good line per annotated defect (not one per image)")
+    annotated_good: list[str] | None = Field(
+        None, description="class names annotated but good (reconstruction counts them as background)")
+    save_original_images_and_masks: bool = Field(True, description="copy images and class-index masks to original/")
+    num_workers: Int(ge=1) = Field(1, description="processes writing the train h5 files")
+    # training samples
+    iteration_over_training: Int(ge=1) = Field(
+        1, description="patches drawn per dataset.txt line (a new random centre each time)")
+    balance_classes: bool = Field(False, description="repeat lines of rarer classes up to the most frequent's count")
+    class_to_skip_training: list[str] | None = None
+    include_filter: list[str] | None = Field(
+        None, description="keep only dataset.txt lines whose h5 name contains one of these")
+    exclude_filter: list[str] | None = Field(
+        None, description="drop dataset.txt lines whose h5 name contains one of these")
+    input_size: list[Int(ge=1)] | None = Field(
+        None, min_length=2, max_length=2, description="backbone input [height, width]; null: patch_size")
+    # features
+    batch_size: Int(ge=1) = Field(64, description="patches per backbone forward pass")
+    automatic_batch_size: bool = Field(True, description="halve batch_size on out-of-memory")
+    # head
+    classifier: str = Field("sklearn.linear_model.LogisticRegression", pattern=r"^sklearn\.[A-Za-z0-9_.]+$",
+                            description="import path of a scikit-learn classifier")
+    classifier_kwargs: dict[str, Any] = Field({"max_iter": 1000}, description="its keyword arguments")
+    standardize: bool = Field(True, description="standardize features (StandardScaler) before the classifier")
+    cross_validation: Int(ge=0) = Field(
+        0, description="k-fold cross-validation of the head on the train features, folds grouped by image; 0 = off")
+    # deployment / evaluation
+    deployment: str | None = Field(
+        None, description="predict-only: a deployment folder (model.json, backbone.pt, head.joblib) of an "
+        "earlier run; no training stages")
+    reconstruction: Literal["major_voting", "priority"] = Field(
+        "major_voting", description="per pixel: the defect class most covering patches predict, or the "
+        "top-priority one")
+    class_priority: list[str] | None = Field(
+        None, description="priority: class names, highest first; null: the higher class index wins")
 
 
 class Metrics(_Section):

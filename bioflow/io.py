@@ -513,3 +513,13 @@ def _write_pil(tmp: Path, arr: np.ndarray, path) -> None:
     if tmp.suffix.lower() in (".jpg", ".jpeg") and arr.dtype != np.uint8:
         raise BioflowError(f"{path}: JPG holds uint8 only; write a .png or .tif")
     Image.fromarray(arr).save(tmp)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

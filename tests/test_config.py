@@ -211,9 +211,9 @@ def test_a_string_that_cannot_be_coerced_names_the_key(section, key, given):
 
 
 @pytest.mark.parametrize("overrides, needle", [
-    ({"patches": {"classifier": "logistic_regression"}}, "unknown key 'patches.classifier'"),
-    ({"patches": {"reconstruction": "majority"}}, "unknown key 'patches.reconstruction'"),
-    ({"patches": {"class_priority": ["a"]}}, "unknown key 'patches.class_priority'"),
+    ({"patches": {"classifier": "logistic_regression"}}, "patches.classifier: string should match pattern"),
+    ({"patches": {"reconstruction": "majority"}}, "patches.reconstruction: 'majority' is not allowed"),
+    ({"patches": {"min_defect_fraction": 0.1}}, "unknown key 'patches.min_defect_fraction'"),
     ({"train": {"devices": 0}}, "train.devices: 0 is not allowed"),
     ({"train": {"class_weights": [1.0, -1.0]}}, "train.class_weights.1: input should be greater than or equal to 0"),
     ({"experiment": {"run_ids": [1, 1]}}, "experiment.run_ids: run ids must be unique"),

@@ -1,182 +1,322 @@
-"""patch_dataset: grid, labelling rule, HDF5 / dataset.txt / info.json on data the test makes."""
+"""Patch classification, stage by stage on data the tests make: validation of quadra's layout,
+the patch dataset (info.json, h5 regions read back against the masks, grid class folders),
+reconstruction rules, the head, the deployment folder's loading rules."""
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from helpers_patches import CLASSES, make_sample, sample_config
+from helpers_stages import call, prepare
 
-from helpers_stages import validate_run as validate
-from bioflow.io import read_image, write_image
+from bioflow import workflows
+from bioflow.config import validate as validate_config
+from bioflow.data import patch_sampling as ps
+from bioflow.errors import BioflowError
+from bioflow.io import read_image, read_mask, write_image
+from bioflow.metrics.patch import priority_rank, reconstruct
 from bioflow.prepare import patches
 
 
-def test_grid_offsets_cover_the_image_flush_to_the_border():
-    assert patches.grid_offsets((100, 64), (32, 32), (32, 32)) == [
-        (y, x) for y in (0, 32, 64, 68) for x in (0, 32)]
-    assert patches.grid_offsets((10, 50), (32, 32), (16, 16)) == [(0, 0), (0, 16), (0, 18)]
-    assert len(patches.grid_offsets((8, 40, 40), (4, 16, 16), (4, 16, 16))) == 2 * 3 * 3
+def test_grid_by_size_with_overlap_and_by_number():
+    size, ys, xs = patches.grid((100, 64), patch_size=[32, 32])
+    assert size == (32, 32) and ys == [0, 32, 64, 68] and xs == [0, 32]
+    size, ys, xs = patches.grid((64, 64), patch_size=[32, 32], overlap=0.5)
+    assert ys == [0, 16, 32]
+    size, ys, xs = patches.grid((100, 60), patch_number=[3, 2])
+    assert len(ys) == 3 and len(xs) == 2 and ys[0] == 0 and ys[-1] + size[0] == 100 and xs[-1] + size[1] == 60
+    assert patches.grid((20, 20), patch_size=[32, 32])[1:] == ([0], [0])  # padded to one patch
 
 
-def test_patch_label_rule_and_free_class():
-    assert patches.patch_classes(["MT_Crack", "MT_Free"]) == (["MT_Crack", "MT_Free"], 1)
-    assert patches.patch_classes(["crack", "hole"]) == (["free", "crack", "hole"], 0)
-    assert patches.patch_label(0.10, 2, 0.05, 0) == 2
-    assert patches.patch_label(0.04, 2, 0.05, 0) == 0
-    assert patches.patch_label(0.0, 2, 0.0, 0) == 0  # no defect pixel: never a defect patch
-    assert patches.patch_label(0.9, 0, 0.05, 0) == 0
-    assert patches.patch_label(0.9, None, 0.05, 0) == 0
-    m = np.array([[0, 255, 128, 127]], np.uint8)
-    np.testing.assert_array_equal(patches.defect_mask(m), [[False, True, True, False]])
-    np.testing.assert_array_equal(patches.defect_mask(np.array([[0, 1, 2]], np.uint16)), [[False, True, True]])
+def test_grid_patch_label_follows_quadras_thresholds():
+    mask = np.zeros((64, 64), np.uint8)
+    mask[0:20, 0:20] = 1          # 400 px defect: 39 % of a 32x32 patch, all of it inside
+    mask[40:64, 40:64] = 2        # 576 px
+    from skimage.measure import label
+    lab = label(mask > 0)
+    area = np.bincount(lab.ravel())
+    sl = (slice(0, 32), slice(0, 32))
+    # below area_threshold but the whole defect is inside: defect by area_defect_threshold
+    assert patches.grid_patch_label(mask[sl], lab[sl], area, 0.45, 0.2) == (1, False)
+    # a sliver: 4 % of the bar and 2 % of the patch -> ambiguous, discarded
+    sl = (slice(10, 42), slice(60 - 32, 42))
+    sub = mask[sl].copy()
+    sub[:] = 0
+    sub[-2:, -10:] = 2
+    lab_sub = np.where(sub > 0, lab[40, 40], 0)
+    assert patches.grid_patch_label(sub, lab_sub, area, 0.45, 0.2) == (0, True)
+    assert patches.grid_patch_label(np.zeros((8, 8), np.uint8), np.zeros((8, 8), int), area, 0.45, 0.2) == (0, False)
 
 
-def _tile_set(root, rng):
-    """class folders with a 64x96 image each and a mask whose defect fills known cells."""
-    # crack image: defect covers patch (0,0) fully and 2% of patch (0,32)
-    layout = {"MT_Crack": [((0, 0), (32, 32)), ((0, 32), (4, 5))],
-              "MT_Hole": [((32, 64), (32, 32))], "MT_Free": []}
-    for cls, boxes in layout.items():
-        for i in range(3):
-            img = rng.integers(0, 255, (64, 96), dtype=np.uint8)
-            mask = np.zeros((64, 96), np.uint8)
-            for (y, x), (h, w) in boxes:
-                mask[y:y + h, x:x + w] = 255
-            d = root / cls
-            d.mkdir(parents=True, exist_ok=True)
-            if i % 2:  # both supported side-by-side layouts
-                write_image(d / f"img{i}.jpg", img)
-                write_image(d / f"img{i}.png", mask)
-            else:
-                write_image(d / f"img{i}.tif", img)
-                write_image(d / f"img{i}_mask.png", mask)
-    return layout
-
-
-def _test_part(prepared):
-    """The test part's manifest when the config has a test set."""
-    path = prepared / "manifest_test.json"
-    return path if path.is_file() else None
-
-
-def test_patch_dataset_2d_labels_files_and_rerun(make_cfg, tmp_path):
+def test_triangulation_covers_the_region_exactly_and_samples_inside():
+    region = np.zeros((40, 50), bool)
+    region[5:20, 3:30] = True
+    region[20:35, 10:15] = True           # an L shape
+    region[30:33, 40:48] = True           # a second part
+    tri, w = patches.triangulate_region(region)
+    a, b = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    areas = np.abs(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]) / 2
+    assert areas.sum() == region.sum() and np.isclose(w.sum(), 1)
     rng = np.random.default_rng(0)
-    _tile_set(tmp_path / "data", rng)
-    cfg = make_cfg("patch_classification", data={"train": str(tmp_path / "data"), "val_split": 0.34},
-                   model={"n_classes": 3}, patches={"size": [32, 32], "min_defect_fraction": 0.05})
-    manifest = validate(cfg, tmp_path / "manifest.json")
-    assert manifest["classes"] == ["MT_Crack", "MT_Free", "MT_Hole"]
-    assert all(e["mask"] for s in ("train", "val") for e in manifest["splits"][s])
-    out = tmp_path / "patches"
-    info = patches.run(cfg, tmp_path / "manifest" / "manifest_train.json", out)
-    n_img = {s: len(manifest["splits"][s]) for s in ("train", "val")}
-    assert info["n_patches"] == {s: 6 * n for s, n in n_img.items()}  # 2 x 3 patches per image
-    assert info["free_class"] == "MT_Free" and info["classes"] == ["MT_Crack", "MT_Free", "MT_Hole"]
-    lines = (out / "dataset.txt").read_text().splitlines()
-    assert lines[0].split("\t") == ["split", "source", "offset", "label", "defect_fraction"]
-    assert len(lines) == 1 + sum(info["n_patches"].values())
-    rows = [ln.split("\t") for ln in lines[1:]]
-    for split, src, off, label, frac in rows:
-        cls = os.path.basename(os.path.dirname(src))
-        expect = "MT_Free"
-        if cls == "MT_Crack" and off == "0,0":
-            expect = "MT_Crack"  # full defect; (0,32) holds only 20/1024 < 5 %
-        if cls == "MT_Hole" and off == "32,64":
-            expect = "MT_Hole"
-        assert label == expect, (src, off, label, frac)
-    with h5py.File(out / "patches.h5") as h5:
-        g = h5["train"]
-        assert g["images"].shape == (info["n_patches"]["train"], 32, 32, 1)
-        assert g["images"].dtype == np.uint8
-        k = 4
-        src = g["sources"][g["source"][k]].decode()
-        y, x = g["offsets"][k]
-        np.testing.assert_array_equal(g["images"][k], read_image(src)[y:y + 32, x:x + 32])
-        assert [info["classes"][i] for i in g["labels"][:6]] == [r[3] for r in rows[:6]]
-    assert json.loads((out / "info.json").read_text()) == info
-    before = (out / "dataset.txt").read_bytes()
-    patches.run(cfg, tmp_path / "manifest" / "manifest_train.json", out)
-    assert (out / "dataset.txt").read_bytes() == before
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    pts = [ps.trisample(tri[rng.choice(len(w), p=w)], rng) for _ in range(3000)]
+    ys, xs = np.array(pts, int).T
+    assert region[ys, xs].all()
+    # uniform: the small part (24 px of 524) gets its share
+    assert abs(np.mean((ys >= 30) & (ys < 33) & (xs >= 40)) - 24 / region.sum()) < 0.02
+    assert patches.triangulate_region(np.zeros((4, 4), bool)) == (None, None)
 
 
-def test_patch_dataset_3d_with_x_y_folders_and_added_free_class(make_cfg, tmp_path):
+@pytest.fixture
+def sample_cfg(tmp_path):
+    data = make_sample(tmp_path / "data")
+    return validate_config(sample_config(data, tmp_path / "results"))
+
+
+def test_validation_pairs_images_masks_and_counts_maskless_images_good(sample_cfg, tmp_path):
+    wf = workflows.get("patch_classification")
+    train, test = wf.validate_dataset(sample_cfg, tmp_path / "prep")
+    assert train["patch_layout"] == "images_masks" and train["classes"] == ["good", "bright", "dark"]
+    entries = train["splits"]["train"] + train["splits"]["val"] + test["splits"]["test"]
+    assert len(entries) == 12 and sum(e["mask"] is None for e in entries) == 4
+    assert (len(train["splits"]["val"]), len(test["splits"]["test"])) == (3, 3)
+    names = {Path(e["path"]).name for e in entries}
+    assert len(names) == 12  # the three parts are disjoint
+    # rerun: the same split (seeded)
+    again, again_test = wf.validate_dataset(sample_cfg, tmp_path / "prep2")
+    assert [e["path"] for e in again_test["splits"]["test"]] == [e["path"] for e in test["splits"]["test"]]
+
+
+def test_validation_lists_every_problem_at_once(sample_cfg, tmp_path):
+    data = Path(sample_cfg["data"]["train"])
+    write_image(data / "masks" / "orphan_mask.png", np.zeros((96, 128), np.uint8), channels_last=False)
+    write_image(data / "masks" / "im01_mask.png", np.full((96, 128), 7, np.uint8), channels_last=False)
+    (data / "images" / "notes.txt").write_text("x")
+    with pytest.raises(BioflowError) as err:
+        workflows.get("patch_classification").validate_dataset(sample_cfg, tmp_path / "prep")
+    text = "\n".join(err.value.problems)
+    assert "orphan_mask.png: mask without an image" in text and "patches.mask_extension" in text
+    assert "im01_mask.png: mask holds value 7 >= model.n_classes=3" in text
+    assert "notes.txt: not an image file" in text
+
+
+def test_config_checks_name_the_keys(tmp_path):
+    base = sample_config(tmp_path, tmp_path)
+    bad = json.loads(json.dumps(base))
+    bad["patches"].update(patch_size=None, class_to_idx={"good": 0, "x": 2}, class_priority=["nope"])
+    with pytest.raises(BioflowError) as err:
+        workflows.validate_config(bad)
+    text = "\n".join(err.value.problems)
+    assert "patches.patch_size / patches.patch_number: give exactly one" in text
+    assert "patches.class_to_idx: values must be 0..1" in text
+    assert "patches.class_priority: ['nope']" in text
+
+
+def test_patch_dataset_layout_h5_regions_and_grid_folders(sample_cfg):
+    prepare(sample_cfg)
+    info = call(sample_cfg, "patch_dataset")
+    root = Path(sample_cfg["experiment"]["result_dir"]) / "pt" / "prepared" / "patches"
+    assert json.loads((root / "info.json").read_text()) == info
+    assert info["class_to_idx"] == CLASSES and len(info["train_files"]) == 6
+    assert {"patch_size", "overlap", "area_threshold", "annotated_good", "val_files", "test_files"} <= set(info)
+    lines = (root / "train" / "dataset.txt").read_text().splitlines()
+    # balance_defects: one good line per annotated defect; a maskless image gives one good line
+    n_defects = sum(1 for f in info["train_files"] if f["mask_path"]
+                    and read_mask(root / f["mask_path"]).any())
+    labels = [ln.rsplit(",", 1)[1] for ln in lines]
+    assert labels.count("bright") + labels.count("dark") == n_defects
+    assert info["counts"]["train"] == {c: labels.count(c) for c in sorted(set(labels))}
+    rng = np.random.default_rng(0)
+    for line in lines:
+        name, cls = line.rsplit(",", 1)
+        with h5py.File(root / "train" / name) as f:
+            assert tuple(f["patch_size"][()]) == (32, 32)
+            assert np.isclose(f["triangles_weights"][()].sum(), 1) and f["triangles"].shape[1:] == (3, 2)
+            mask_path = f["mask_path"][()].decode() if "mask_path" in f else None
+        region = ps.read_region(root / "train" / name, root)
+        image = read_image(region.img_path)
+        mask = read_mask(root / mask_path) if mask_path else np.zeros(image.shape[:2], np.uint8)
+        for _ in range(5):
+            patch, (y, x) = ps.draw(region, image, rng)
+            np.testing.assert_array_equal(patch, image[y:y + 32, x:x + 32])
+            m = mask[y:y + 32, x:x + 32]
+            if cls == "good":
+                assert not m.any(), name  # good patches stay a patch away from every defect
+            else:
+                assert (m == CLASSES[cls]).any(), name  # defect patches hold their defect
+    for split in ("val", "test"):
+        files = sorted((root / split).rglob("*.png"))
+        grids = ps.grid_patches(root / split)
+        assert len(grids) == len(files) == 12 * len(info[f"{split}_files"])  # 3 x 4 patches per image
+        g = next(g for g in grids if g.class_name in ("bright", "dark"))
+        item = next(f for f in info[f"{split}_files"] if Path(f["image_path"]).stem == g.image)
+        size, ys, xs = patches.grid((96, 128), [32, 32])
+        y, x = ys[g.index // len(xs)], xs[g.index % len(xs)]
+        np.testing.assert_array_equal(read_image(g.path), read_image(root / item["image_path"])[y:y + 32, x:x + 32])
+        assert (read_mask(root / item["mask_path"])[y:y + 32, x:x + 32] == CLASSES[g.class_name]).mean() > 0
+        assert sum(info["counts"][split].values()) + info["discarded"][split] == len(files)
+
+
+def test_class_folder_layout_puts_the_free_class_first(tmp_path):
     rng = np.random.default_rng(1)
-    for cls in ("spot", "streak"):
-        for i in range(2):
-            vol = rng.integers(0, 4000, (8, 20, 20), dtype=np.uint16)
-            mask = np.zeros((8, 20, 20), np.uint8)
-            mask[:4, :10, :10] = 1
-            write_image(tmp_path / "d" / cls / "x" / f"v{i}.tif", vol[..., None])
-            write_image(tmp_path / "d" / cls / "y" / f"v{i}.tif", mask, channels_last=False)
-    cfg = make_cfg("patch_classification", experiment={"ndim": 3},
-                   data={"train": str(tmp_path / "d"), "val_split": 0.25, "patch_size": [4, 10, 10]},
-                   model={"n_classes": 3}, patches={"size": [4, 10, 10], "stride": [4, 10, 10]})
-    validate(cfg, tmp_path / "m.json")
-    info = patches.run(cfg, tmp_path / "m" / "manifest_train.json", tmp_path / "p", _test_part(tmp_path / "m"))
-    assert info["classes"] == ["free", "spot", "streak"]
-    total = {k: info["counts"]["train"].get(k, 0) + info["counts"]["val"].get(k, 0) for k in info["classes"]}
-    assert total == {"free": 4 * 7, "spot": 2, "streak": 2}  # 8 patches per volume, 1 defect each
-    with h5py.File(tmp_path / "p" / "patches.h5") as h5:
-        assert h5["train"]["images"].shape[1:] == (4, 10, 10, 1) and h5["train"]["images"].dtype == np.uint16
-        assert h5["train"]["offsets"].shape[1] == 3
+    for cls in ("MT_Crack", "MT_Free", "MT_Blowhole"):
+        for i in range(3):
+            mask = np.zeros((64, 64), np.uint8)
+            if cls != "MT_Free":
+                mask[10:30, 10:30] = 255
+            write_image(tmp_path / "mt" / cls / f"{cls}{i}.jpg", rng.integers(0, 255, (64, 64), dtype=np.uint8))
+            write_image(tmp_path / "mt" / cls / f"{cls}{i}.png", mask)
+    cfg = validate_config({"experiment": {"name": "mt", "workflow": "patch_classification",
+                                          "result_dir": str(tmp_path / "r")},
+                           "data": {"train": str(tmp_path / "mt")}, "model": {"architecture": "raw_pixels",
+                                                                            "n_classes": 3},
+                           "patches": {"patch_size": [32, 32], "val_size": 0.34}})
+    prepare(cfg)
+    info = call(cfg, "patch_dataset")
+    assert info["classes"] == ["MT_Free", "MT_Blowhole", "MT_Crack"]
+    masks = [read_mask(tmp_path / "r" / "mt" / "prepared" / "patches" / f["mask_path"])
+             for f in info["train_files"] if "MT_Crack" in f["image_path"]]
+    assert masks and all(set(np.unique(m)) == {0, 2} for m in masks)  # binary masks -> the folder's class
 
 
-def test_patch_dataset_on_magnetic_tiles_sample(make_cfg, shared_data, tmp_path):
-    src = shared_data / "magnetic_tile_defects"
-    if not src.is_dir():
-        pytest.skip(f"{src} absent")
-    # a few pairs per class, linked (never copied into the project)
-    for cls in ("MT_Free", "MT_Crack", "MT_Blowhole"):
-        jpgs = sorted((src / cls / "Imgs").glob("*.jpg"))[:4]
-        d = tmp_path / "mt" / cls
-        d.mkdir(parents=True)
-        for j in jpgs:
-            os.symlink(j, d / j.name)
-            os.symlink(j.with_suffix(".png"), d / j.with_suffix(".png").name)
-    cfg = make_cfg("patch_classification", data={"train": str(tmp_path / "mt"), "val_split": 0.25},
-                   model={"n_classes": 3}, patches={"size": [64, 64], "min_defect_fraction": 0.01})
-    validate(cfg, tmp_path / "m.json")
-    info = patches.run(cfg, tmp_path / "m" / "manifest_train.json", tmp_path / "p", _test_part(tmp_path / "m"))
-    train = info["counts"]["train"]
-    assert train["MT_Free"] > 0 and train.get("MT_Crack", 0) + train.get("MT_Blowhole", 0) > 0
-    assert sum(train.values()) == info["n_patches"]["train"]
+def test_reconstruction_major_voting_and_priority():
+    rank = priority_rank(["good", "a", "b"], None)
+    # 2 x 2 patches of 4 px, step 2 (overlap 0.5) on a 6 x 6 image
+    ys = xs = [0, 2]
+    preds = [1, 2, 2, 0]
+    vote = reconstruct((6, 6), (4, 4), ys, xs, preds, 3, "major_voting", rank)
+    prio = reconstruct((6, 6), (4, 4), ys, xs, preds, 3, "priority", rank)
+    assert vote[0, 0] == 1 and vote[5, 5] == 0 and vote[3, 3] == 2   # b: 2 votes vs a: 1
+    assert prio[2, 2] == 2 and prio[0, 0] == 1
+    prio_a = reconstruct((6, 6), (4, 4), ys, xs, preds, 3, "priority", priority_rank(["good", "a", "b"], ["a"]))
+    assert prio_a[2, 2] == 1 and prio_a[0, 5] == 2
+    assert not reconstruct((6, 6), (4, 4), ys, xs, [0, 0, 0, 0], 3, "major_voting", rank).any()
 
 
-def test_class_mask_label():
-    m = np.zeros((10, 10), np.uint8)
-    m[:2, :3] = 2   # 6 %
-    m[5:, 5:] = 1   # 25 %
-    assert patches.class_mask_label(m, 3, 0.05) == (1, 0.25)
-    assert patches.class_mask_label(m, 3, 0.5) == (0, 0.25)
-    assert patches.class_mask_label(np.zeros((4, 4), np.uint8), 3, 0.0) == (0, 0.0)
+def test_automatic_batch_size_halves_on_out_of_memory():
+    from bioflow.models.patch_features import batched
+    sizes = []
+
+    def fn(a, b):
+        sizes.append(b - a)
+        if b - a > 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate")
+        return list(range(a, b))
+
+    out = batched(fn, 10, 16, automatic=True)
+    assert sum(out, []) == list(range(10)) and sizes[:3] == [10, 8, 4]
+    with pytest.raises(RuntimeError):
+        batched(fn, 10, 16, automatic=False)
 
 
-def test_patch_dataset_from_x_y_class_id_masks(make_cfg, tmp_path):
-    """The template's layout: train/x images + train/y integer defect masks (0 = free)."""
-    rng = np.random.default_rng(2)
-    for split, n in (("train", 4), ("test", 1)):
-        for i in range(n):
-            img = rng.integers(0, 255, (40, 40), dtype=np.uint8)
-            mask = np.zeros((40, 40), np.uint8)
-            mask[:20, :20] = 1 + i % 2  # top-left patch: class 1 or 2
-            write_image(tmp_path / split / "x" / f"im{i}.png", img)
-            write_image(tmp_path / split / "y" / f"im{i}.png", mask)
-    cfg = make_cfg("patch_classification", data={"train": str(tmp_path / "train"), "test": str(tmp_path / "test"),
-                                                 "val_split": 0.25},
-                   model={"n_classes": 3}, patches={"size": [20, 20]})
-    m = validate(cfg, tmp_path / "m.json")
-    assert m["patch_layout"] == "masks" and m["classes"] == ["0", "1", "2"]
-    info = patches.run(cfg, tmp_path / "m" / "manifest_train.json", tmp_path / "p", _test_part(tmp_path / "m"))
-    total = Counter()
-    for c in info["counts"].values():
-        total.update(c)
-    assert total == {"0": 5 * 3, "1": 3, "2": 2}
-    # a mask value outside n_classes is reported, naming the file
-    write_image(tmp_path / "train" / "y" / "im0.png", np.full((40, 40), 7, np.uint8))
-    with pytest.raises(Exception, match="im0.png"):
-        validate(cfg, tmp_path / "m2.json")
+def test_head_by_import_path_with_clear_errors():
+    from bioflow.training.patch_head import make_head
+    p = {"classifier": "sklearn.svm.SVC", "classifier_kwargs": {"C": 2.0}, "standardize": False}
+    assert make_head(p).C == 2.0
+    with pytest.raises(BioflowError, match="patches.classifier: cannot import"):
+        make_head({**p, "classifier": "sklearn.svm.Nope"})
+    with pytest.raises(BioflowError, match="patches.classifier_kwargs: not accepted"):
+        make_head({**p, "classifier_kwargs": {"bogus": 1}})
+    with pytest.raises(BioflowError, match="not a scikit-learn classifier"):
+        make_head({**p, "classifier": "sklearn.linear_model.LinearRegression", "classifier_kwargs": {}})
+
+
+def test_deployment_is_loaded_only_from_a_named_folder_with_its_hash(tmp_path):
+    import joblib
+    from sklearn.dummy import DummyClassifier
+
+    from bioflow.inference.patch import load_deployment
+    from bioflow.io import file_sha256, write_json
+    dep = tmp_path / "dep"
+    dep.mkdir()
+    joblib.dump(DummyClassifier(), dep / "head.joblib")
+    (dep / "backbone.pt").write_bytes(b"")
+    write_json(dep / "model.json", {"head_sha256": "0" * 64})
+    with pytest.raises(BioflowError, match="not a deployment folder named by the config"):
+        load_deployment(dep, [tmp_path / "other"])
+    with pytest.raises(BioflowError, match="does not match the SHA-256"):
+        load_deployment(dep, [dep])
+    write_json(dep / "model.json", {"head_sha256": file_sha256(dep / "head.joblib")})
+    os.remove(dep / "backbone.pt")
+    with pytest.raises(BioflowError, match="lacks backbone.pt"):
+        load_deployment(dep, [dep])
+
+
+def test_training_lines_filters_and_balance(tmp_path):
+    txt = tmp_path / "dataset.txt"
+    txt.write_text("a_good.h5,good\na_1.h5,crack\nb_good.h5,good\nb_1.h5,hole\nc_good.h5,good\n")
+    samples, targets = ps.load_train_file(txt, include_filter=["a_", "b_"], exclude_filter=["_1"])
+    assert [Path(s).name for s in samples] == ["a_good.h5", "b_good.h5"] and targets == ["good", "good"]
+    _, targets = ps.load_train_file(txt, class_to_skip=["hole"])
+    assert "hole" not in targets and len(targets) == 4
+    samples, targets = ps.balance(*ps.load_train_file(txt))
+    assert {t: targets.count(t) for t in set(targets)} == {"good": 3, "crack": 3, "hole": 3}
+
+
+def test_annotated_good_regions_avoid_real_defects():
+    mask = np.zeros((128, 128), np.uint8)
+    mask[10:40, 10:40] = 3      # annotated as good (e.g. a known harmless mark)
+    mask[20:30, 45:55] = 1      # a real defect next to it
+    good, regions = patches.train_regions(mask, 16, 16, annotated_good=[3])
+    by_class = {cls: region for _, cls, region in regions}
+    assert set(by_class) == {1, 3}
+    # no centre of an annotated-good patch lies within a patch of the real defect
+    from scipy.ndimage import maximum_filter
+    near_defect = maximum_filter((mask == 1).astype(np.uint8), size=16).astype(bool)
+    assert not (by_class[3] & near_defect).any() and by_class[3].any()
+
+
+def test_a_bioflow_checkpoint_is_a_backbone_and_a_mismatch_is_named(tmp_path):
+    import torch
+
+    from bioflow.models import build_model
+    from bioflow.models.patch_features import build_backbone
+    cfg = {"experiment": {"workflow": "classification", "ndim": 2}, "data": {"channels": 1, "patch_size": [32, 32]},
+           "model": validate_config(sample_config(tmp_path, tmp_path))["model"] | {"architecture": "simple_cnn"}}
+    model = build_model(cfg)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.add_(0.5)
+    ck = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"cfg": cfg}}, ck)
+    backbone = build_backbone({**cfg["model"], "weights": str(ck)}, 1, [32, 32])
+    for (name, a), b in zip(backbone.state_dict().items(), model.backbone.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not any(p.requires_grad for p in backbone.parameters()) and not backbone.training
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.allclose(backbone(x), model.backbone.eval()(x))
+    with pytest.raises(BioflowError, match="is a bioflow checkpoint of a 'simple_cnn', not model.architecture"):
+        build_backbone({**cfg["model"], "architecture": "resnet18", "weights": str(ck)}, 1, [32, 32])
+
+
+def test_patch_f1_bootstrap_agrees_with_sklearn():
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    from bioflow.metrics.patch import f1_from_confusion, patch_f1_ci
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 500)
+    yp = np.where(rng.random(500) < 0.6, y, rng.integers(0, 4, 500))
+    np.testing.assert_allclose(f1_from_confusion(confusion_matrix(y, yp, labels=range(4))),
+                               f1_score(y, yp, labels=range(4), average=None, zero_division=0))
+    ci = patch_f1_ci(y, yp, ["a", "b", "c", "d"], 200)
+    lo, hi = ci["f1_macro"]
+    assert lo < f1_score(y, yp, average="macro") < hi and hi - lo < 0.2
+
+
+def test_h5_files_written_by_several_processes_are_the_same(sample_cfg, tmp_path):
+    from bioflow.io import read_json
+    prepare(sample_cfg)
+    wf = workflows.get("patch_classification")
+    job = wf.job("patch_dataset", sample_cfg)
+    one = patches.run(sample_cfg, job.input["manifest"], tmp_path / "one", job.input["test_manifest"])
+    two = patches.run(sample_cfg, job.input["manifest"], tmp_path / "two", job.input["test_manifest"], num_workers=2)
+    assert one == two == read_json(tmp_path / "two" / "info.json")
+    assert (tmp_path / "one/train/dataset.txt").read_text() == (tmp_path / "two/train/dataset.txt").read_text()
+    for f in (tmp_path / "one" / "train").glob("*.h5"):
+        with h5py.File(f) as a, h5py.File(tmp_path / "two" / "train" / f.name) as b:
+            np.testing.assert_array_equal(a["triangles"][()], b["triangles"][()])

@@ -133,6 +133,9 @@ class Checker:
             return info, probs
         if mask.size and mask.min() < 0:
             probs.append(f"{path}: mask holds negative values; class ids start at 0")
+        if self.mask_classes and mask.size:
+            # the classes an image holds (patch classification stratifies its split by them)
+            info["mask_values"] = [int(v) for v in np.unique(mask)[:256]]
         if self.mask_classes and self.mask_transform == "none" and mask.size:
             top = int(mask.max())
             if top >= self.n_classes:
@@ -337,6 +340,66 @@ def scan_class_pairs(ck: Checker, split, per_class, classes, labelled) -> list[d
     return label_entries(entries, [cls for _, _, cls in items], classes)
 
 
+def scan_images_masks(ck: Checker, split: str, root: Path, mask_extension: str) -> list[dict]:
+    """quadra's layout: ``root/images/<name>.<ext>`` + ``root/masks/<name><mask_extension>.*``;
+    an image without a mask is wholly good (its entry's mask is None)."""
+    images_dir, masks_dir = root / "images", root / "masks"
+    images = ck.non_images(_files(images_dir))
+    if not images:
+        ck.problem(f"{images_dir}: no images")
+    masks = ck.non_images(_files(masks_dir)) if masks_dir.is_dir() else []
+    by_stem: dict[str, list[Path]] = {}
+    for m in masks:
+        by_stem.setdefault(_pair_stem(m), []).append(m)
+    pairs, used = [], set()
+    for i in images:
+        key = _pair_stem(i) + mask_extension
+        found = by_stem.get(key, [])
+        if len(found) > 1:
+            ck.problem(f"{i}: {len(found)} masks match it ({', '.join(f.name for f in found)}); keep one")
+            continue
+        pairs.append((i, found[0] if found else None))
+        used.add(key)
+    for stem, ms in by_stem.items():
+        if stem not in used:
+            ck.problem(f"{ms[0]}: mask without an image (no image named {stem[:len(stem) - len(mask_extension)] if mask_extension and stem.endswith(mask_extension) else stem}.* in {images_dir}); "
+                       f"check patches.mask_extension ('{mask_extension}') or remove the mask")
+    return [e for e in ck.run_parallel(ck.check_pair, pairs) if e is not None]
+
+
+def split_fractions(entries: list[dict], strata: list[int], val_size: float, test_size: float,
+                    seed: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, val, test) entries: seeded fractions, stratified by ``strata`` when every
+    stratum has enough images (else unstratified), sorted order kept."""
+    from sklearn.model_selection import train_test_split
+    n = len(entries)
+    idx = np.arange(n)
+    held = val_size + test_size
+    if held <= 0 or n < 2:
+        return entries, [], []
+
+    def cut(ids, frac, labels):
+        k = int(round(frac * len(ids)))
+        if k <= 0:
+            return ids, ids[:0]
+        if k >= len(ids):
+            return ids[:0], ids
+        try:
+            return train_test_split(ids, test_size=k, random_state=seed, shuffle=True, stratify=labels)
+        except ValueError:  # a stratum too small to split
+            return train_test_split(ids, test_size=k, random_state=seed, shuffle=True)
+
+    strata = np.asarray(strata)
+    tr, rest = cut(idx, held, strata)
+    va, te = (rest, rest[:0]) if test_size <= 0 else (rest[:0], rest) if val_size <= 0 else \
+        cut(rest, test_size / held, strata[rest])
+    if len(tr) == 0:
+        raise BioflowError(f"patches.val_size / patches.test_size: nothing left to train on with {n} "
+                           f"image(s); lower them")
+    pick = lambda ids: [entries[i] for i in sorted(ids)]  # noqa: E731
+    return pick(tr), pick(va), pick(te)
+
+
 def label_entries(entries: list[dict | None], class_names: list[str | None], classes: list[str]) -> list[dict]:
     """Entries that passed their checks (None = a problem was recorded), with label and class
     name set; a class not in ``classes`` (unlabelled test data) gets None for both."""
@@ -486,7 +549,8 @@ def assemble(ck: Checker, cfg, part: str, roots: dict, classes: list[str], split
     if part == "train":
         seed = int(cfg["experiment"]["split_seed"])
         frac = float(cfg["data"]["val_split"])
-        val_source = "path" if "val" in roots else "split"
+        # a workflow may split val off itself (patch classification: quadra's val_size)
+        val_source = "path" if "val" in roots else "workflow" if "val" in splits else "split"
         if val_source == "split":
             splits["train"], splits["val"] = _split_val(splits.get("train", []), frac, seed, stratify)
         head.update({"val_source": val_source, "val_split": frac, "split_seed": seed})

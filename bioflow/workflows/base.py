@@ -75,7 +75,7 @@ class Workflow:
 
     def all_stages(self) -> list[str]:
         names = [n for n in dir(type(self)) if hasattr(getattr(type(self), n), "stage_keys")]
-        order = {s: i for i, s in enumerate(("csv_to_folders",) + COMMON_STAGES[:3] + ("patch_dataset",)
+        order = {s: i for i, s in enumerate(("csv_to_folders",) + COMMON_STAGES[:3] + ("patch_dataset", "patch_features", "patch_head")
                                             + COMMON_STAGES[3:5] + ("postprocess",) + COMMON_STAGES[5:])}
         return sorted(names, key=lambda n: order.get(n, len(order)))
 

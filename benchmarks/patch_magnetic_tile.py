@@ -1,0 +1,211 @@
+"""Benchmark: patch classification of the Magnetic-tile defect set (Huang et al. 2018) with the
+patch_classification workflow, three feature extractors side by side in one run.
+
+Data: ``<data>/magnetic_tile_defects`` (6 class folders of JPG image + PNG mask, mask > 127;
+read in place through symlinks, never copied into the repository). A seeded, class-stratified
+30% of the images is the test set (``data.test``); the rest is ``data.train``, whose
+``patches.val_size`` 20% is the val split. Patches 64 x 64 on a non-overlapping grid,
+quadra's thresholds, logistic regression head (the template's defaults).
+
+Feature extractors, each with the same head on the same patches:
+
+* ``raw_pixels``: the plain baseline, the patch average-pooled to 8 x 8 (64 values);
+* ``random``: resnet18 with random weights (what a user gets with no weights and no internet);
+* ``bioflow``: resnet18 trained by bioflow's classification workflow for ``--train-minutes`` on
+  the grid patches of the TRAINING images only (class folders, ambiguous patches dropped; at
+  most 100 val patches per class of the patch dataset select the checkpoint), 25 steps of 64
+  patches per epoch, class weights inversely proportional to the class counts; its checkpoint
+  is given as ``model.weights``.
+
+Measured on the test images: per-image defect detection precision / recall (an image is
+predicted defective when its reconstruction holds any defect pixel), per-class patch F1 and
+the pixel IoU of the reconstructed defect area, each with a 95% bootstrap interval (1000
+resamples of images, or of patches for F1).
+
+    nice -n 5 python benchmarks/patch_magnetic_tile.py --out /tmp/bench_mt
+    (--data defaults to ../shared/data relative to the repository)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bioflow import workflows  # noqa: E402
+from bioflow.config import validate as validate_config  # noqa: E402
+
+VARIANTS = ("raw_pixels", "random", "bioflow")
+VAL_PER_CLASS = 100
+
+
+def split_folders(src: Path, out: Path, test_frac: float = 0.3, seed: int = 0) -> Path:
+    """data/{train,test}/<class>/<name>.jpg + .png as symlinks, a stratified seeded split."""
+    root = out / "data"
+    if (root / "done").exists():
+        return root
+    rng = np.random.default_rng(seed)
+    for cls_dir in sorted(p for p in src.iterdir() if p.is_dir()):
+        jpgs = sorted((cls_dir / "Imgs").glob("*.jpg"))
+        test = set(rng.choice(len(jpgs), int(round(test_frac * len(jpgs))), replace=False).tolist())
+        for i, j in enumerate(jpgs):
+            d = root / ("test" if i in test else "train") / cls_dir.name
+            d.mkdir(parents=True, exist_ok=True)
+            os.symlink(j, d / j.name)
+            os.symlink(j.with_suffix(".png"), d / j.with_suffix(".png").name)
+    (root / "done").write_text("ok")
+    return root
+
+
+def base_config(data: Path, out: Path, name: str) -> dict:
+    return {"experiment": {"name": name, "workflow": "patch_classification", "result_dir": str(out / "results"),
+                           "run_ids": [1]},
+            "data": {"train": str(data / "train"), "test": str(data / "test"), "channels": 1},
+            "model": {"architecture": "resnet18", "n_classes": 6},
+            "patches": {"patch_size": [64, 64], "val_size": 0.2, "iteration_over_training": 4, "batch_size": 128},
+            "metrics": {"bootstrap": 1000}}
+
+
+def backbone_training(out: Path, cfg: dict, patches_dir: Path, minutes: float) -> Path:
+    """resnet18 trained by bioflow's classification workflow on the training images' grid
+    patches (val: the patch dataset's val patches); returns its checkpoint."""
+    from bioflow.data.manifest import load_manifest, read_entry_image
+    from bioflow.prepare import patches as gen
+    cls_root = out / "backbone_data"
+    if not (cls_root / "done").exists():
+        shutil.rmtree(cls_root, ignore_errors=True)
+        manifest = load_manifest(Path(cfg["experiment"]["result_dir"]) / cfg["experiment"]["name"] / "prepared"
+                                 / "manifest_train.json")
+        entries = manifest["splits"]["train"]
+        items = [{"image_path": e["path"]} for e in entries]
+        masks = [gen.class_mask(e, manifest) for e in entries]
+        images = [read_entry_image(manifest, e) for e in entries]
+        p = gen._params(validate_config(copy.deepcopy(cfg)))
+        gen._grid_split(items, masks, images, cls_root / "train", manifest["classes"], p, True)
+        for split in ("train",):
+            for f in (cls_root / split).rglob("#DISCARD#*"):
+                f.unlink()  # ambiguous patches: no label to learn from
+        rng = np.random.default_rng(0)
+        for d in sorted((patches_dir / "val").iterdir()):
+            (cls_root / "val" / d.name).mkdir(parents=True, exist_ok=True)
+            files = sorted(f for f in d.iterdir() if not f.name.startswith("#DISCARD#"))
+            # at most VAL_PER_CLASS per class: validation runs every epoch on 2 cores
+            for i in sorted(rng.permutation(len(files))[:VAL_PER_CLASS]):
+                os.symlink(files[i], cls_root / "val" / d.name / files[i].name)
+        (cls_root / "done").write_text("ok")
+    ccfg = {"experiment": {"name": "mt_backbone", "workflow": "classification", "result_dir": str(out / "results"),
+                           "run_ids": [1]},
+            "data": {"train": str(cls_root / "train"), "val": str(cls_root / "val"), "channels": 1,
+                     "patch_size": [64, 64]},
+            "model": {"architecture": "resnet18", "n_classes": 6},
+            "train": {"epochs": 100, "patience": 10, "batch_size": 64, "lr": 1e-3, "class_weights": "auto",
+                      "steps_per_epoch": 25, "max_time_minutes": minutes, "warmup_epochs": 1, "n_sample_images": 0,
+                      "augmentation": {"brightness_contrast": True}}}
+    path = out / "backbone.yaml"
+    path.write_text(yaml.safe_dump(ccfg, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(out),
+                    "--configfile", str(path), "--cores", str(os.cpu_count() or 1), "-q", "progress"],
+                   check=True, cwd=out)
+    return out / "results" / "mt_backbone" / "checkpoints" / "mt_backbone_1-best.ckpt"
+
+
+def run_variant(wf, base: dict, variant: str, ckpt: Path | None) -> dict:
+    """patch_features -> patch_head -> predict -> metrics of one feature extractor, on the
+    shared patch dataset (validate / norm_stats / patch_dataset ran once for ``base``)."""
+    cfg = copy.deepcopy(base)
+    cfg["experiment"]["name"] = f"mt_{variant}"
+    cfg["model"]["architecture"] = "raw_pixels" if variant == "raw_pixels" else "resnet18"
+    cfg["model"]["weights"] = str(ckpt) if variant == "bioflow" else None
+    cfg = validate_config(cfg)
+    prepared = Path(base["experiment"]["result_dir"]) / base["experiment"]["name"] / "prepared"
+    shared = {"info": str(prepared / "patches" / "info.json"), "norm": str(prepared / "normalization.json")}
+    timings = {}
+    for stage in ("patch_features", "patch_head", "predict", "metrics"):
+        job = wf.job(stage, cfg, 1)
+        job.input.update({k: v for k, v in shared.items() if k in job.input})
+        t0 = time.time()
+        wf.call(stage, cfg, job)
+        timings[stage] = round(time.time() - t0, 1)
+    rd = Path(cfg["experiment"]["result_dir"]) / cfg["experiment"]["name"] / "results" / f"mt_{variant}_1"
+    metrics = json.loads((rd / "metrics.json").read_text())
+    summary = json.loads((rd / "train_summary.json").read_text())
+    return {"metrics": metrics, "train_summary": summary, "seconds": timings, "run_dir": str(rd)}
+
+
+def fmt(v, ci=None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def table(results: dict, classes: list[str]) -> str:
+    rows = ["| metric | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+
+    def line(name, get):
+        rows.append(f"| {name} | " + " | ".join(get(r["metrics"]) for r in results.values()) + " |")
+
+    line("image detection precision", lambda m: fmt(m["image_detection"]["precision"],
+                                                    m["ci95"].get("image_detection.precision")))
+    line("image detection recall", lambda m: fmt(m["image_detection"]["recall"],
+                                                 m["ci95"].get("image_detection.recall")))
+    line("reconstruction IoU (defect pixels)", lambda m: fmt(m["reconstruction"]["iou_defect"],
+                                                             m["ci95"].get("reconstruction.iou_defect")))
+    line("patch accuracy", lambda m: fmt(m["accuracy"]))
+    line("patch F1 macro", lambda m: fmt(m["f1_macro"], m["ci95"].get("f1_macro")))
+    for c in classes:
+        line(f"patch F1 {c}", lambda m, c=c: fmt(m["per_class"][c]["f1"], m["ci95"].get(f"patch_f1[{c}]")))
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
+                    help="folder holding magnetic_tile_defects/ (default: ../shared/data from the repository)")
+    ap.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    ap.add_argument("--train-minutes", type=float, default=5.0, help="training time of the bioflow backbone")
+    args = ap.parse_args(argv)
+    src = args.data / "magnetic_tile_defects"
+    if not src.is_dir():
+        sys.exit(f"{src}: not found; give --data")
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    data = split_folders(src, out)
+    wf = workflows.get("patch_classification")
+    base = validate_config(base_config(data, out, "mt_patches"))
+    t0 = time.time()
+    for stage in ("validate_train", "validate_test", "norm_stats", "patch_dataset"):
+        wf.call(stage, base)
+    prep_seconds = round(time.time() - t0, 1)
+    patches_dir = out / "results" / "mt_patches" / "prepared" / "patches"
+    info = json.loads((patches_dir / "info.json").read_text())
+    t0 = time.time()
+    ckpt = backbone_training(out, base, patches_dir, args.train_minutes)
+    backbone_seconds = round(time.time() - t0, 1)
+    results = {v: run_variant(wf, base, v, ckpt) for v in VARIANTS}
+    summary = {"classes": info["classes"], "counts": info["counts"], "discarded": info["discarded"],
+               "n_images": {s: len(info[f"{s}_files"]) for s in ("train", "val", "test")},
+               "prepare_seconds": prep_seconds, "backbone_training_seconds": backbone_seconds,
+               "total_seconds": round(time.time() - t_start, 1), "results": results}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k != "results"}, indent=1))
+    for v, r in results.items():
+        print(v, "seconds:", r["seconds"], "val_f1_macro:", r["train_summary"].get("val_f1_macro"))
+    print(table(results, info["classes"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
