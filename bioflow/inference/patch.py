@@ -22,7 +22,8 @@ import numpy as np
 
 from bioflow.data import patch_sampling as ps
 from bioflow.errors import BioflowError
-from bioflow.io import atomic_path, file_sha256, read_image, read_json
+from bioflow.io import atomic_path, read_image, read_json
+from bioflow.models.serialization import load_joblib
 
 log = logging.getLogger(__name__)
 FILES = ("model.json", "backbone.pt", "head.joblib")
@@ -31,7 +32,6 @@ FILES = ("model.json", "backbone.pt", "head.joblib")
 def load_deployment(folder, allowed) -> tuple[dict, object, object]:
     """(model.json, TorchScript backbone, head) of a deployment folder. ``allowed``: the
     folders the config names; any other folder is refused before anything is unpickled."""
-    import joblib
     import torch
     folder = Path(folder)
     if folder.resolve() not in {Path(a).resolve() for a in allowed}:
@@ -42,11 +42,9 @@ def load_deployment(folder, allowed) -> tuple[dict, object, object]:
         raise BioflowError(f"patches.deployment: {folder} lacks {', '.join(missing)}; give the deployment/ "
                            f"folder of a patch classification run")
     model = read_json(folder / "model.json")
-    if file_sha256(folder / "head.joblib") != model.get("head_sha256"):
-        raise BioflowError(f"patches.deployment: {folder / 'head.joblib'} does not match the SHA-256 in "
-                           f"model.json (changed after export); refusing to load it")
+    head = load_joblib(folder / "head.joblib", allowed, model.get("head_sha256"), "patches.deployment")
     backbone = torch.jit.load(str(folder / "backbone.pt"), map_location="cpu").eval()
-    return model, backbone, joblib.load(folder / "head.joblib")
+    return model, backbone, head
 
 
 def check_geometry(model: dict, info: dict, folder) -> None:

@@ -35,6 +35,7 @@ from bioflow.data.normalization import load_stats, normalize
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path, read_image, read_json
 from bioflow.models.registry import build_model
+from bioflow.models.serialization import load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,8 @@ def build_backbone(model_cfg: dict, channels: int, input_size) -> nn.Module:
 def _checkpoint_cfg(path) -> dict | None:
     """The config inside a bioflow checkpoint, or None for a plain state_dict."""
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # noqa: BLE001 - reported by the weight loader with its fix
+        ck = load_tensors(path, "model.weights")
+    except BioflowError:  # reported by the weight loader with its fix
         return None
     hp = ck.get("hyper_parameters") if isinstance(ck, dict) else None
     return hp.get("cfg") if isinstance(hp, dict) and isinstance(hp.get("cfg"), dict) else None

@@ -2,7 +2,9 @@
 
 A pickle can execute anything while it is read, so bioflow never unpickles: its own checkpoints
 hold tensors and plain data only, and a user file that needs pickle is refused with the
-one-line command that converts it (to be run once, by someone who trusts the file).
+one-line command that converts it (to be run once, by someone who trusts the file). The one
+exception, a scikit-learn head (joblib), is read here too: only from a folder the config names
+and only when its SHA-256 matches the one bioflow recorded when it wrote it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from bioflow.errors import BioflowError
+from bioflow.io import file_sha256
 
 SAFETENSORS_SUFFIX = ".safetensors"
 
@@ -52,3 +55,24 @@ def load_tensors(path, key: str) -> Any:
     except Exception as exc:  # noqa: BLE001 - any other decoding error means a bad file
         raise BioflowError(f"{key}: {p} is not a torch or safetensors weights file "
                            f"({type(exc).__name__}: {exc})") from None
+
+
+def dump_joblib(obj, path) -> str:
+    """Write ``obj`` with joblib; returns the file's SHA-256 (record it for :func:`load_joblib`)."""
+    import joblib  # scikit-learn's own format; only the patch workflow needs it
+    joblib.dump(obj, path)
+    return file_sha256(path)
+
+
+def load_joblib(path, allowed_dirs, sha256: str | None, key: str):
+    """Unpickle a joblib file bioflow wrote, refusing it unless it lies in one of
+    ``allowed_dirs`` (folders the config names) and matches the recorded ``sha256``."""
+    import joblib
+    path = Path(path)
+    if path.parent.resolve() not in {Path(a).resolve() for a in allowed_dirs}:
+        raise BioflowError(f"{key}: {path.parent} is not a folder the config names; joblib files run code "
+                           f"when loaded, so bioflow reads them only from the folder given in {key}")
+    if sha256 is None or file_sha256(path) != sha256:
+        raise BioflowError(f"{key}: {path} does not match the SHA-256 recorded when it was written "
+                           f"(changed since); refusing to load it")
+    return joblib.load(path)

@@ -27,6 +27,7 @@ import numpy as np
 from bioflow import __version__
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_dir, file_sha256, write_json
+from bioflow.models.serialization import dump_joblib
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,6 @@ def cross_validate(head, x, y, groups, k: int, seed: int) -> dict:
 
 def run(cfg: dict, run_id, features_path, backbone_path, deployment_dir, summary_path) -> dict:
     import h5py
-    import joblib
     from sklearn.metrics import accuracy_score, f1_score
 
     p = cfg["patches"]
@@ -110,7 +110,7 @@ def run(cfg: dict, run_id, features_path, backbone_path, deployment_dir, summary
         summary["monitor"] = "val_f1_macro"
     with atomic_dir(deployment_dir) as tmp:
         shutil.copy2(backbone_path, tmp / "backbone.pt")
-        joblib.dump(head, tmp / "head.joblib")
+        head_sha256 = dump_joblib(head, tmp / "head.joblib")
         model = {"format": "bioflow-patch-deployment/1", "bioflow_version": __version__,
                  "classes": classes, "class_to_idx": {c: i for i, c in enumerate(classes)},
                  "input_size": [int(v) for v in attrs["input_size"]], "channels": int(attrs["channels"]),
@@ -118,7 +118,7 @@ def run(cfg: dict, run_id, features_path, backbone_path, deployment_dir, summary
                  "geometry": json.loads(attrs["geometry"]), "architecture": str(attrs["architecture"]),
                  "classifier": p["classifier"], "classifier_kwargs": dict(p["classifier_kwargs"] or {}),
                  "standardize": bool(p["standardize"]), "feature_dim": int(x.shape[1]),
-                 "head_sha256": file_sha256(tmp / "head.joblib"),
+                 "head_sha256": head_sha256,
                  "backbone_sha256": file_sha256(tmp / "backbone.pt")}
         write_json(tmp / "model.json", model)
     write_json(summary_path, summary)
