@@ -51,12 +51,6 @@ def read_entry_mask(manifest: dict, entry: dict, transform: bool = True) -> np.n
     return apply_mask_transform(mask, manifest.get("mask_transform") or "none") if transform else mask
 
 
-def labels(manifest: dict, split: str) -> np.ndarray:
-    """Integer class labels of a classification split (-1 where unlabelled)."""
-    return np.array([(-1 if e.get("label") is None else e["label"]) for e in entries(manifest, split)],
-                    dtype=np.int64)
-
-
 def relative_name(entry: dict) -> str:
     """A stable output name for an entry: its file name (with class folder if any)."""
     p = Path(entry["path"])
