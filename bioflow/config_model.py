@@ -112,6 +112,10 @@ class Data(_Section):
         None, description="CSV with a file column and numeric feature columns fused into the head")
     normalization: Normalization = section(Normalization)
     sampling: Sampling = section(Sampling)
+    strict: bool = Field(
+        False, description="what bioflow adapts on its own (colour to grey, alpha dropped, images smaller than "
+                           "the patch padded, files outside class folders ignored) is an error instead of a "
+                           "warning")
 
 
 class Model(_Section):

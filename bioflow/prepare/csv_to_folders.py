@@ -95,6 +95,11 @@ def _plan_csv(cfg: dict) -> list[tuple[str, str, Path, str]]:
                 problems.append(f"{where}: split {row[split_col]!r} is not train/val/test")
                 continue
         src = Path(file) if Path(file).is_absolute() else root / file
+        if not Path(file).is_absolute() and ".." in Path(file.replace("\\", "/")).parts:
+            # a relative path is read below image_root only: '../' could reach any file
+            problems.append(f"{where}: path {file!r} climbs out of {root} with '..'; give paths "
+                            f"inside it, absolute paths, or set data.csv_options.image_root")
+            continue
         if not src.is_file():
             problems.append(f"{src}: file listed in {csv_path} (row {i + 2}) not found; "
                             f"check data.csv_options.image_root")

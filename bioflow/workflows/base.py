@@ -160,6 +160,7 @@ class Workflow:
 
     def _validate(self, cfg: StageConfig, job: Job, part: str) -> dict:
         ck = validate.Checker(cfg, masks=self.has_masks, part=part)
+        ck.min_size = self.min_size(cfg)
         roots = validate.resolve_roots(ck, cfg, validate.PARTS[part], job.input.get("folders"))
         classes = None
         if part == "test":
@@ -248,6 +249,11 @@ class Workflow:
         except BioflowError as exc:
             ck.problem(str(exc))
 
+    def min_size(self, cfg: StageConfig) -> tuple[int, ...] | None:
+        """Spatial size the workflow crops its samples to: smaller images are padded, which
+        validation names (an adaptation). None: sizes are free (or resized by config)."""
+        return None
+
     def stratify(self, cfg) -> bool:
         """Whether the validation split is stratified by class."""
         return False
@@ -255,14 +261,14 @@ class Workflow:
     # --- the shared stages ---------------------------------------------------------------
 
     @stage("experiment.workflow", "experiment.ndim", "experiment.split_seed", "data.train", "data.val",
-           "data.val_split", "data.csv", "data.channels", "data.channel_axis", "model.n_classes",
-           "model.architecture", "model.weights")
+           "data.val_split", "data.csv", "data.channels", "data.channel_axis", "data.strict",
+           "model.n_classes", "model.architecture", "model.weights")
     def validate_train(self, cfg: StageConfig, job: Job) -> dict:
         """Check every train / val file and write ``prepared/manifest_train.json``."""
         return self._validate(cfg, job, "train")
 
     @stage("experiment.ndim", "data.train", "data.test", "data.test_has_labels", "data.csv", "data.channels",
-           "data.channel_axis", "model.n_classes")
+           "data.channel_axis", "data.strict", "model.n_classes")
     def validate_test(self, cfg: StageConfig, job: Job) -> dict:
         """Check every test file against the training classes; ``prepared/manifest_test.json``."""
         return self._validate(cfg, job, "test")

@@ -31,8 +31,8 @@ class SemanticSegmentation(Workflow):
     has_masks = True
     layout_hint = "a folder with x/ (images) and y/ (masks)"
     extra_keys: ClassVar[dict] = {
-        "validate_train": ("data.mask_transform",),
-        "validate_test": ("data.mask_transform",),
+        "validate_train": ("data.mask_transform", "data.patch_size"),
+        "validate_test": ("data.mask_transform", "data.patch_size"),
     }
 
     def runs(self, stage_name: str, cfg: dict) -> bool:
@@ -82,6 +82,9 @@ class SemanticSegmentation(Workflow):
         return out
 
     # --- layout ----------------------------------------------------------------------------
+
+    def min_size(self, cfg):
+        return tuple(cfg["data"]["patch_size"])
 
     def scan(self, ck, cfg, roots, classes):
         need = TRANSFORM_CLASSES.get(ck.mask_transform)
