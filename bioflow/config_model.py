@@ -56,7 +56,7 @@ class Experiment(_Section):
     @classmethod
     def _unique(cls, v):
         if len(set(v)) != len(v):
-            raise ValueError("run ids must be unique")
+            raise ValueError("run ids must be unique; give each run_id once")
         return v
 
 

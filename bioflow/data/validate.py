@@ -379,7 +379,7 @@ def scan_pairs(ck: Checker, split: str, root: Path) -> list[dict]:
         return []
     images = ck.non_images(_files(x, ck.problem))
     if not images:
-        ck.problem(f"{x}: no images")
+        ck.problem(f"{x}: no images; add the {split} images (masks go to {y})")
     if not y.is_dir():
         if need_masks:
             ck.problem(f"{y}: folder not found; every {split} image needs a mask in {y}"
@@ -559,7 +559,8 @@ def attach_csv(ck: Checker, cfg: dict, splits, roots, kind: str):
             v = values[row]
             if kind == "labels":
                 if not np.isin(v, (0, 1)).all():
-                    ck.problem(f"{e['path']}: labels in {path} row {row + 2} are not all 0/1")
+                    ck.problem(f"{e['path']}: labels in {path} row {row + 2} are not all 0/1; "
+                               f"give 0 or 1 in every label column")
                     continue
                 e["label"] = [int(a) for a in v]
                 e["class_name"] = None
@@ -631,7 +632,7 @@ def assemble(ck: Checker, cfg, part: str, roots: dict, classes: list[str], split
              extra: dict, workflow: str, masks: bool, stratify: bool) -> dict:
     """The manifest of one part, after every problem was collected (raised here, all at once)."""
     if part == "train" and "train" in roots and not splits.get("train"):
-        ck.problem(f"{roots['train']}: no training images found")
+        ck.problem(f"{roots['train']}: no training images found; add images")
     adapted = adaptations(ck)
     raise_problems(ck, part)
     head = {"workflow": workflow, "ndim": ck.ndim, "channels": ck.channels, "channel_axis": ck.channel_axis,

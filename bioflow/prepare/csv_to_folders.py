@@ -92,7 +92,8 @@ def _plan_csv(cfg: dict) -> list[tuple[str, str, Path, str]]:
         if split_col:
             split = SPLIT_ALIASES.get(str(row[split_col]).strip().lower())
             if split is None:
-                problems.append(f"{where}: split {row[split_col]!r} is not train/val/test")
+                problems.append(f"{where}: split {row[split_col]!r} is not train/val/test; use one "
+                                f"of {', '.join(sorted(SPLIT_ALIASES))}")
                 continue
         src = Path(file) if Path(file).is_absolute() else root / file
         if not Path(file).is_absolute() and ".." in Path(file.replace("\\", "/")).parts:
@@ -149,7 +150,8 @@ def _write_npz(cfg: dict, tmp: Path) -> dict:
                                f"train_images, train_labels, ...); found {data.files}")
         for split in splits:
             if f"{split}_labels" not in data.files:
-                raise BioflowError(f"{npz_path}: '{split}_images' without '{split}_labels'")
+                raise BioflowError(f"{npz_path}: '{split}_images' without '{split}_labels'; add the "
+                                   f"labels array (one label per image)")
             images, labels = data[f"{split}_images"], np.asarray(data[f"{split}_labels"])
             if labels.ndim == 2 and labels.shape[1] == 1:
                 labels = labels[:, 0]
