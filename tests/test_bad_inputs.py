@@ -591,6 +591,18 @@ def test_adaptations_are_warned_and_recorded(tmp_path, caplog):
     assert "[300, 300]" in train["adaptations"]["padded"]["what"]
     assert test["adaptations"]["padded"]["files"]
 
+    # the report lists them, every file named
+    from bioflow import report
+    run_dir = tmp_path / "run_1"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+    page = report.run(cfg, [run_dir], tmp_path / "report.html",
+                      manifests=[tmp_path / "prepared" / "manifest_train.json",
+                                 tmp_path / "prepared_seg" / "manifest_test.json"]).read_text()
+    assert "Adapted inputs" in page
+    for f in [str(colour), str(loose)] + test["adaptations"]["padded"]["files"]:
+        assert f in page
+
 
 # --- one real Snakemake run: several problems, non-zero exit, no training ------------------
 

@@ -228,7 +228,8 @@ class Workflow:
                         {"json": f"{rd}/metrics.json"}, {}),
             "report": ({"metrics": [f"{lay.run_dir(r)}/metrics.json" for r in runs],
                         "summaries": [f"{lay.run_dir(r)}/train_summary.json" for r in runs],
-                        "config": lay.config_copy},
+                        "config": lay.config_copy,
+                        "manifests": [lay.manifest_train, lay.manifest_test]},
                        {"html": lay.report}, {"run_dirs": [lay.run_dir(r) for r in runs]}),
         }
         inputs, outputs, params = io.get(stage_name) or self.stage_io(stage_name, cfg, lay, run_id)
@@ -283,7 +284,8 @@ class Workflow:
         from bioflow import report  # matplotlib: kept out of `snakemake -n`
         run_dirs = [Path(d) for d in job.params["run_dirs"]]
         return report.run(cfg, run_dirs, job.output["html"], job.input["config"],
-                          self.report_sections(cfg, run_dirs))
+                          self.report_sections(cfg, run_dirs),
+                          manifests=job.input["manifests"])
 
     @stage("experiment", "data", "model", "train", "inference", "postprocess", "patches", "metrics",
            "report")
