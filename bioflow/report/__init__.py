@@ -10,14 +10,13 @@ import datetime as dt
 import html
 import json
 import math
-import platform
 import statistics
 from pathlib import Path
 
 
-from bioflow import __version__
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path
+from bioflow.provenance import library_versions
 
 # metrics.json keys that are not scalar summaries shown in the main table: matrices, tables
 # shown elsewhere, and bookkeeping (counts, settings) that would read like a metric
@@ -74,14 +73,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _provenance() -> dict[str, str]:
-    info = {"bioflow": __version__, "python": platform.python_version(), "platform": platform.platform(),
-            "generated": dt.datetime.now().isoformat(timespec="seconds")}
-    for mod in ("torch", "pytorch_lightning", "timm", "segmentation_models_pytorch", "snakemake"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # not installed / no __version__: leave it out
-            pass
-    return info
+    return {**library_versions(), "generated": dt.datetime.now().isoformat(timespec="seconds")}
 
 
 def adaptations_section(manifests) -> str:

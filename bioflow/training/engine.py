@@ -41,6 +41,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path, write_json, write_text
 from bioflow.models.serialization import load_tensors
+from bioflow.provenance import library_versions
 from bioflow.training import optim
 from bioflow.training.charts import plot_history, save_sample
 
@@ -394,6 +395,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
         "config_hash": h, "best_checkpoint": str(ckpt_path), "working_dir": str(work),
         "device": str(trainer.strategy.root_device), "precision": str(trainer.precision),
         "charts": [str(p) for p in chart_files + sample_files],
+        "versions": library_versions(),
     }
     write_json(run_dir / "train_summary.json", summary)
     return summary
