@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from bioflow.config import run_dir
+from bioflow.layout import Layout
 from helpers_stages import call, prepare
 
 pytestmark = pytest.mark.slow  # trains (tiny, ~10 s per run on 2 cores)
+
+
+def run_dir(cfg, run_id) -> Path:
+    return Path(Layout.of(cfg).run_dir(run_id))
 
 
 def _train_predict(cfg, run_id):
