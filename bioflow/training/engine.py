@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 from lightning_fabric.plugins.environments import LightningEnvironment
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
@@ -231,10 +232,25 @@ def _copy_weights_only(src: Path, dst: Path) -> None:
         torch.save(ck, tmp)
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written beside their target and renamed into place. Lightning's own save
+    goes through a file in the system temp folder moved with shutil.move, i.e. a copy when the
+    results are on another file system (node-local /tmp, shared results): a job killed during
+    the copy left a truncated last.ckpt, and the rerun started afresh."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
 def _old_log_rows(metrics_csv: Path, up_to_epoch: int):
     if not metrics_csv.is_file():
         return None
-    df = pd.read_csv(metrics_csv)
+    try:
+        df = pd.read_csv(metrics_csv)
+    except Exception as exc:  # noqa: BLE001 - Lightning's CSV logger writes in place: a kill can tear it
+        log.warning("%s: unreadable (%s); the resumed run's log starts at the resumed epoch", metrics_csv, exc)
+        return None
     return df[df["epoch"] <= up_to_epoch] if "epoch" in df else None
 
 
@@ -342,7 +358,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
                TensorBoardLogger(save_dir=run_dir, name="train_logs", version="tensorboard",
                                  default_hp_metric=False)]
     steps = tc["steps_per_epoch"]
-    plugins = []
+    plugins = [AtomicCheckpointIO()]
     if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1") or 1) <= 1:
         # one Snakemake job = one process: let Lightning launch its own device processes
         # instead of expecting srun-launched tasks (SLURMEnvironment)
@@ -353,7 +369,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
         callbacks=callbacks, logger=loggers, default_root_dir=str(work),
         limit_train_batches=int(steps) if steps else 1.0, enable_progress_bar=False,
         log_every_n_steps=10, num_sanity_val_steps=0, enable_model_summary=False,
-        plugins=plugins or None)
+        plugins=plugins)
     t0 = time.time()
     # our own last.ckpt holds tensors and plain data: no pickle needed to resume either
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)

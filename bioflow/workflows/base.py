@@ -20,7 +20,10 @@ Stage bodies import their torch-heavy implementations inside the function for th
 
 from __future__ import annotations
 
+import errno
 import logging
+import re
+import sys
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -52,6 +55,13 @@ def stage(*keys: str, runtime: tuple[str, ...] = ()) -> Callable:
     return mark
 
 
+def _target(path) -> str:
+    """The file a hidden temporary file of bioflow.io.AtomicFile stands for (else ``path``)."""
+    p = Path(str(path))
+    m = re.fullmatch(r"\.(.*)\.[0-9a-f]{8}\.tmp(.*)", p.name)
+    return str(p.with_name(m.group(1) + m.group(2))) if m else str(path)
+
+
 class Workflow:
     """Base class: the stages all workflows share, with their key lists."""
 
@@ -64,6 +74,11 @@ class Workflow:
     layout_hint: ClassVar[str] = "a folder"  # for messages: what data.train should be
     # keys a workflow's version of a shared stage reads besides the shared ones
     extra_keys: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # what to lower when a stage runs out of memory
+    memory_keys: ClassVar[dict[str, tuple[str, ...]]] = {
+        "train": ("train.batch_size", "data.patch_size", "model.features or a smaller model.architecture"),
+        "predict": ("inference.batch_size",),
+    }
     # stages whose results depend on the code: a new bioflow version reruns them
     code_versioned: ClassVar[tuple[str, ...]] = ("train", "predict", "postprocess", "metrics", "report")
 
@@ -108,7 +123,33 @@ class Workflow:
     def run(self, stage_name: str, tracked: dict, runtime: dict, job: Job):
         """Run a stage on its slice alone (what every script does)."""
         cfg = StageConfig(deep_update(tracked, runtime), stage_name)
-        return self._method(stage_name)(self, cfg, job)
+        try:
+            return self._method(stage_name)(self, cfg, job)
+        except BioflowError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - only resource errors are translated
+            msg = self.resource_error(stage_name, exc)
+            if msg is None:
+                raise
+            raise BioflowError(msg) from exc
+
+    def resource_error(self, stage_name: str, exc: BaseException) -> str | None:
+        """One line for running out of memory or disk space (what to change), else None.
+        Outputs are written atomically, so a failed write leaves no partial file."""
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {_target(exc.filename)}" if exc.filename else ""
+            return (f"{stage_name}: no space left on the device{where}; free space there or set "
+                    f"experiment.result_dir to a disk with room, then rerun (no partial output was kept)")
+        torch = sys.modules.get("torch")  # imported by the stages that can exhaust a GPU
+        oom = isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError)) \
+            or (isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
+                                                   or "can't allocate memory" in str(exc).lower()))
+        if not oom:
+            return None
+        keys = self.memory_keys.get(stage_name, ())
+        lower = f"; lower {', '.join(keys)}" if keys else "; give the job more memory"
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return f"{stage_name}: out of memory ({first}){lower}, or run it on a device with more memory"
 
     def targets(self, cfg: dict, layout: Layout) -> list[str]:
         """Final files of the experiment (``rule all``)."""

@@ -30,6 +30,11 @@ class SemanticSegmentation(Workflow):
     name = "semantic_segmentation"
     has_masks = True
     layout_hint = "a folder with x/ (images) and y/ (masks)"
+    memory_keys: ClassVar[dict] = {
+        "train": ("train.batch_size", "data.patch_size", "model.features (3D) or model.encoder (2D)"),
+        "predict": ("inference.batch_size", "data.patch_size (the tile size)", "inference.memory_budget_mb",
+                    "or set inference.full_image: false"),
+    }
     extra_keys: ClassVar[dict] = {
         "validate_train": ("data.mask_transform", "data.patch_size"),
         "validate_test": ("data.mask_transform", "data.patch_size"),
