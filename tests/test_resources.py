@@ -83,3 +83,21 @@ def test_full_disk_is_one_line_and_leaves_no_partial_output(make_cfg, pneumonia_
     assert msg.startswith(f"validate_train: no space left on the device writing {out};") and "\n" not in msg
     assert "experiment.result_dir" in msg
     assert list(out.parent.iterdir()) == []  # no manifest, no hidden temporary file
+
+
+# --- a GPU requested but absent: the CPU, with a warning -------------------------------------
+
+def test_gpu_requested_but_absent_falls_back_to_cpu_with_a_warning(monkeypatch, caplog):
+    from bioflow.models.device import pick_device
+    from bioflow.training.engine import _precision
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for var in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE"):
+        monkeypatch.delenv(var, raising=False)
+    assert pick_device("train").type == "cpu" and "GPU" not in caplog.text  # nothing asked: quiet
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")  # GPUs hidden on purpose: quiet too
+    assert pick_device("train").type == "cpu" and "GPU" not in caplog.text
+    monkeypatch.setenv("SLURM_JOB_GPUS", "0")
+    assert pick_device("predict").type == "cpu"
+    assert "predict: a GPU was requested (SLURM_JOB_GPUS=0) but none is usable" in caplog.text
+    assert _precision("16-mixed") == "32-true" and "train.precision: 16-mixed needs a GPU" in caplog.text
+    assert _precision("bf16-mixed") == "bf16-mixed"

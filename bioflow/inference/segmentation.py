@@ -40,6 +40,7 @@ from bioflow.inference import streaming, tiling
 from bioflow.io import atomic_path, write_json
 from bioflow.metrics.segmentation import confusion_counts
 from bioflow.models.checkpoint import load_model_from_checkpoint
+from bioflow.models.device import pick_device
 from bioflow.models.segmentation import size_divisor
 
 log = logging.getLogger(__name__)
@@ -277,8 +278,7 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
     if not test:
         raise BioflowError(f"{manifest_path}: no test images; set data.test")
     model, hp = load_model_from_checkpoint(ckpt_path)
-    if torch.cuda.is_available():
-        model = model.cuda()
+    model = model.to(pick_device("predict"))
     trained = hp["cfg"]
     # what the model was trained with wins for the model-side keys (and TTA follows the
     # training augmentation)

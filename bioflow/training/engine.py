@@ -41,6 +41,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path, write_json, write_text
+from bioflow.models.device import pick_device
 from bioflow.models.serialization import load_tensors
 from bioflow.provenance import library_versions
 from bioflow.training import optim
@@ -220,6 +221,10 @@ def _precision(value) -> str:
     value = str(value)
     if value == "auto":
         return "16-mixed" if torch.cuda.is_available() else "32-true"
+    if value == "16-mixed" and not torch.cuda.is_available():
+        # float16 mixed precision is a GPU feature: Lightning refuses it on the CPU
+        log.warning("train.precision: 16-mixed needs a GPU and none is usable; training in 32-bit")
+        return "32-true"
     return "32-true" if value == "32" else value
 
 
@@ -363,6 +368,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
         # one Snakemake job = one process: let Lightning launch its own device processes
         # instead of expecting srun-launched tasks (SLURMEnvironment)
         plugins.append(LightningEnvironment())
+    pick_device("train")  # Lightning's "auto" falls back to the CPU silently; this warns
     trainer = pl.Trainer(
         max_epochs=int(tc["epochs"]), accelerator="auto", devices=tc["devices"],
         strategy=tc["strategy"], precision=_precision(tc["precision"]),
