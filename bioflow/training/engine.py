@@ -237,6 +237,16 @@ def _copy_weights_only(src: Path, dst: Path) -> None:
         torch.save(ck, tmp)
 
 
+class ConfiguredEarlyStopping(EarlyStopping):
+    """Early stopping whose patience is train.patience also on resume: Lightning restores the
+    checkpoint's patience, so a patience changed before rerunning a killed job was ignored."""
+
+    def load_state_dict(self, state_dict) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written beside their target and renamed into place. Lightning's own save
     goes through a file in the system temp folder moved with shutil.move, i.e. a copy when the
@@ -351,7 +361,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     callbacks = [ckpt_cb, last_cb, LearningRateMonitor(logging_interval="epoch")]
     es = None
     if int(tc["patience"]) > 0:
-        es = EarlyStopping(monitor=monitor, mode=mode, patience=int(tc["patience"]))
+        es = ConfiguredEarlyStopping(monitor=monitor, mode=mode, patience=int(tc["patience"]))
         callbacks.append(es)
     max_time = tc["max_time_minutes"]
     if max_time:
