@@ -21,7 +21,7 @@ except BioflowError as exc:
 if workflow.is_main_process:
     _hint = workflows.stale_lock_hint(os.getcwd(), workflow.main_snakefile, workflow.overwrite_configfiles or ())
     if _hint:
-        sys.stderr.write(_hint + "\n")
+        print(_hint, file=sys.stderr)
 
 L = Layout.of(config)
 EXP = config["experiment"]["name"]
