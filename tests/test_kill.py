@@ -158,3 +158,41 @@ def test_kill9_of_snakemake_then_the_exact_unlock_command(tmp_path):
     # the next run goes ahead (dry run: training is still to do, from its last epoch)
     dry = snakemake(tmp_path, cfg_file, "-n", "--cores", "1")
     assert "train" in dry.stdout + dry.stderr and "bioflow:" not in dry.stderr
+
+
+@pytest.mark.slurm
+def test_scancel_during_training_then_the_same_command_resumes(tmp_path):
+    """The kill test under the real SLURM test cluster, with scancel as the killer."""
+    from helpers_snakemake import (SLURM_PROFILE, SLURM_TEST_ARGS, clean_env, scontrol_jobs,
+                                   slurm_cluster_fixture, snakemake, tiny_demo_config)
+    fixture = slurm_cluster_fixture()
+    next(fixture)  # skips without SLURM; starts the cluster
+    try:
+        cfg_file = tiny_demo_config(tmp_path / "cfg.yaml", {"experiment": {"run_ids": [1]},
+                                                            "train": {"epochs": 400}})
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+               "--configfile", str(cfg_file), "--profile", str(SLURM_PROFILE), *SLURM_TEST_ARGS]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        last = tmp_path / "results" / "demo_pneumonia" / "checkpoints" / "demo_pneumonia_1" / "last.ckpt"
+        here = os.path.realpath(tmp_path)
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None and not last.is_file():
+            time.sleep(0.5)
+        assert proc.poll() is None and last.is_file(), "training ended (or never started) before scancel"
+        time.sleep(2)  # a few more epochs
+        train = [j for j in scontrol_jobs() if j.get("Comment", "").startswith("rule_train")
+                 and j["JobState"] == "RUNNING" and os.path.realpath(j.get("WorkDir", "")) == here]
+        assert len(train) == 1, train
+        subprocess.run(["scancel", train[0]["JobId"]], env=clean_env(), check=True)
+        assert proc.wait(timeout=300) != 0  # Snakemake sees the cancelled job fail
+        summary = tmp_path / "results" / "demo_pneumonia" / "results" / "demo_pneumonia_1" / "train_summary.json"
+        assert not summary.exists()
+
+        # the same command, shortened: the cancelled job is redone and training resumes
+        short = tiny_demo_config(cfg_file, {"experiment": {"run_ids": [1]}, "train": {"epochs": 30}})
+        snakemake(tmp_path, short, "--profile", str(SLURM_PROFILE), *SLURM_TEST_ARGS, timeout=900)
+        s = json.loads(summary.read_text())
+        assert s["resumed"] is True and s["start_epoch"] > 0 and s["epochs_run"] == 30
+    finally:
+        next(fixture, None)  # stops the cluster if this test started it
