@@ -365,7 +365,7 @@ SEG3D = [seg3d_misshapen_mask, seg3d_plane_in_3d, seg3d_png_in_3d]
 
 
 def patch_smaller_than_patch_strict(root, tmp):
-    return ({"patches": {"size": [300, 300]}, "data": {"strict": True}},
+    return ({"patches": {"patch_size": [300, 300]}, "data": {"strict": True}},
             [_first(root / "train" / "x"), "smaller than the patch size [300, 300]"])
 
 
