@@ -56,7 +56,7 @@ class Experiment(_Section):
     @classmethod
     def _unique(cls, v):
         if len(set(v)) != len(v):
-            raise ValueError("run ids must be unique")
+            raise ValueError("run ids must be unique; give each run_id once")
         return v
 
 
@@ -112,6 +112,10 @@ class Data(_Section):
         None, description="CSV with a file column and numeric feature columns fused into the head")
     normalization: Normalization = section(Normalization)
     sampling: Sampling = section(Sampling)
+    strict: bool = Field(
+        False, description="what bioflow adapts on its own (colour to grey, alpha dropped, images smaller than "
+                           "the patch padded, files outside class folders ignored) is an error instead of a "
+                           "warning")
 
 
 class Model(_Section):

@@ -113,6 +113,18 @@ def test_early_stopping_and_summary_reason(tmp_path):
     assert s["stop_reason"] == "early_stopping" and s["epochs_run"] < 30
 
 
+def test_changed_patience_is_honoured_on_resume(tmp_path):
+    # no progress (lr ~ 0): a patience of 50 never stops the first 3 epochs
+    s = _run(tmp_path, _cfg(tmp_path, epochs=3, patience=50, lr=1e-9, scheduler="none", n_sample_images=0))
+    assert s["stop_reason"] == "max_epochs"
+    (tmp_path / "toy" / "checkpoints" / "toy_1-best.ckpt").unlink()  # killed before the end
+    # rerun with patience 1 (a resume-neutral key): resumes, and stops for the new patience
+    # instead of running on for the 50 the checkpoint remembers
+    s2 = _run(tmp_path, _cfg(tmp_path, epochs=30, patience=1, lr=1e-9, scheduler="none", n_sample_images=0))
+    assert s2["resumed"] and s2["start_epoch"] == 3
+    assert s2["stop_reason"] == "early_stopping" and s2["epochs_run"] <= 5
+
+
 def test_time_limit_stops_and_shortens_the_schedule(tmp_path):
     cfg = _cfg(tmp_path, epochs=1000, max_time_minutes=0.04, n_sample_images=0)
     s = _run(tmp_path, cfg)

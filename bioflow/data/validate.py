@@ -33,24 +33,65 @@ import numpy as np
 
 from bioflow.data.manifest import load_manifest
 from bioflow.errors import BioflowError
-from bioflow.io import IMAGE_EXTENSIONS, is_image_file, read_image, read_mask, write_json
+from bioflow.io import IMAGE_EXTENSIONS, image_info, is_image_file, read_image, read_mask, write_json
 
 log = logging.getLogger(__name__)
 
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 MASK_SUFFIXES = ("_mask", "_masks", "_label", "_labels", "_gt")
 MAX_LISTED = 200  # problems listed in the error (the count says how many more)
+NAMED = 5  # files named per adaptation in a message (the manifest lists all)
+
+# What bioflow adapts on its own, per kind: a warning in the stage log, listed in the manifest
+# and the report; data.strict: true makes each an error instead.
+ADAPTATIONS = {
+    "colour_to_grey": ("colour (RGB/RGBA) image(s) read as grey (luminance) because data.channels is 1",
+                       "convert them to grey"),
+    "alpha_dropped": ("image(s) with an alpha channel read without it", "remove the alpha channel"),
+    "padded": ("image(s) smaller than the patch size {min_size}, reflect-padded up to it",
+               "use a smaller patch size or larger images"),
+    "ignored": ("file(s) outside the class folders ignored", "move or remove them"),
+}
 _THREADS = min(4, os.cpu_count() or 1)
 
 
-def _files(folder: Path) -> list[Path]:
-    """All non-hidden files under ``folder`` (recursively), sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+def _files(folder: Path, problem=None) -> list[Path]:
+    """All non-hidden files under ``folder`` (recursively, following symbolic links), sorted.
+
+    ``problem`` (a callable) receives one line per link that loops or points nowhere and per
+    pair of names differing only in case (one file on macOS / Windows, two on Linux, so the
+    dataset would differ between machines); without it they are skipped silently.
+    """
+    report = problem or (lambda msg: None)
+    out, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back to a folder already listed: a loop
+            report(f"{dirpath}: symbolic link to a folder already scanned ({real}): a loop or the "
+                   f"same images twice; remove the link")
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in filenames
-                   if not f.startswith(".") and f.lower() not in IGNORED_FILES)
+        names = [f for f in filenames if not f.startswith(".") and f.lower() not in IGNORED_FILES]
+        for f in names:
+            full = Path(dirpath) / f
+            if full.is_symlink() and not full.exists():
+                report(f"{full}: broken or looping symbolic link; fix or remove it")
+            else:
+                out.append(full)
+        _case_clashes(Path(dirpath), names + dirnames, report)
     return sorted(out)
+
+
+def _case_clashes(folder: Path, names, report) -> None:
+    by_lower: dict[str, list[str]] = {}
+    for name in names:
+        by_lower.setdefault(name.lower(), []).append(name)
+    for same in by_lower.values():
+        if len(same) > 1:
+            report(f"{folder / sorted(same)[0]}: names differ only in case ({', '.join(sorted(same))}); "
+                   f"they are one file on macOS / Windows; rename or remove all but one")
 
 
 def class_folders(folder: Path) -> list[Path]:
@@ -82,8 +123,11 @@ class Checker:
         self.mask_classes = masks
         # only the test part may be unlabelled
         self.test_has_labels = bool(cfg["data"]["test_has_labels"]) if part == "test" else True
+        self.strict = bool(cfg["data"]["strict"])
+        # spatial size training / prediction crops (smaller images get padded); set by the workflow
+        self.min_size: tuple[int, ...] | None = None
         self.problems: list[str] = []
-        self.ignored: list[str] = []
+        self.adapted: dict[str, list[str]] = {k: [] for k in ADAPTATIONS}
 
     def problem(self, msg: str) -> None:
         self.problems.append(msg)
@@ -110,11 +154,26 @@ class Checker:
             probs.append(f"{path}: has {img.shape[-1]} channel(s) (shape {img.shape[:-1]} x "
                          f"{img.shape[-1]}) but data.channels is {self.channels}; fix "
                          f"data.channels / data.channel_axis or convert the file")
+        else:
+            self._note_conversion(path)
         if np.issubdtype(img.dtype, np.floating) or np.issubdtype(img.dtype, np.complexfloating):
             if not np.isfinite(img).all():
                 probs.append(f"{path}: holds NaN or Inf values; fix or remove the image")
+        if self.min_size is not None and any(s < m for s, m in zip(img.shape[:-1], self.min_size)):
+            self.adapted["padded"].append(_abs(path))
         entry = {"path": _abs(path), "shape": [int(s) for s in img.shape], "dtype": img.dtype.name}
         return entry, probs
+
+    def _note_conversion(self, path: Path) -> None:
+        """Record a colour conversion bioflow.io applied while reading (the file stores another
+        channel count than data.channels): read the header again without a channel count."""
+        try:
+            stored = image_info(path, self.ndim, None, self.channel_axis)[0][-1]
+        except BioflowError:
+            return  # the layout needs data.channels to be read at all: nothing was converted
+        if stored != self.channels:
+            kind = "colour_to_grey" if self.channels == 1 and stored in (3, 4) else "alpha_dropped"
+            self.adapted[kind].append(_abs(path))  # list.append: atomic under the GIL (threads)
 
     def check_mask(self, path: Path, image_shape) -> tuple[dict | None, list[str]]:
         try:
@@ -162,7 +221,7 @@ class Checker:
         """Image files per class folder: ``{class: [paths]}``, or ``{None: [paths]}`` when
         ``flat`` (unlabelled, or labels from a CSV)."""
         if flat:
-            return {None: self.non_images(_files(root))}
+            return {None: self.non_images(_files(root, self.problem))}
         loose = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
                        and p.name.lower() not in IGNORED_FILES)
         if loose:
@@ -170,10 +229,11 @@ class Checker:
             # there); listed in the manifest and logged rather than failing the run
             log.warning("%s: %d file(s) outside the class folders ignored: %s", root, len(loose),
                         ", ".join(p.name for p in loose[:10]))
-            self.ignored.extend(_abs(p) for p in loose)
+            self.adapted["ignored"].extend(_abs(p) for p in loose)
         per_class = {}
+        _case_clashes(root, [d.name for d in _subdirs(root)], self.problem)
         for d in _subdirs(root):
-            images = self.non_images(_files(d))
+            images = self.non_images(_files(d, self.problem))
             if not images:
                 self.problem(f"{d}: empty class folder (no images); add images or remove the folder")
             per_class[d.name] = images
@@ -185,13 +245,24 @@ class Checker:
 
     def pair(self, split: str, images: list[Path], masks: list[Path], where: str) -> list[tuple]:
         """Pair images and masks by file name (stem); report every unpaired or misnamed file."""
-        by_stem_m = {}
-        for m in masks:
-            by_stem_m.setdefault(_pair_stem(m), m)
+        dup = set()
+        for files in (images, masks):
+            by_stem: dict[str, list[Path]] = {}
+            for f in files:
+                by_stem.setdefault(_pair_stem(f), []).append(f)
+            for stem, same in by_stem.items():
+                if len(same) > 1:  # one would be paired, the others dropped without a word
+                    dup.add(stem)
+                    self.problem(f"{same[0]}: {len(same)} files named {stem}.* in {same[0].parent} "
+                                 f"({', '.join(f.name for f in same)}); keep one per name")
+        by_stem_m = {_pair_stem(m): m for m in masks}
         stems_i = {_pair_stem(i) for i in images}
         pairs, lone_i = [], []
         for i in images:
-            m = by_stem_m.get(_pair_stem(i))
+            stem = _pair_stem(i)
+            if stem in dup:
+                continue  # reported above; pairing it would only add follow-on errors
+            m = by_stem_m.get(stem)
             if m is None:
                 lone_i.append(i)
             else:
@@ -306,16 +377,16 @@ def scan_pairs(ck: Checker, split: str, root: Path) -> list[dict]:
     if not x.is_dir():
         ck.problem(f"{x}: folder not found; segmentation data is {split}/x/<image> + {split}/y/<mask>")
         return []
-    images = ck.non_images(_files(x))
+    images = ck.non_images(_files(x, ck.problem))
     if not images:
-        ck.problem(f"{x}: no images")
+        ck.problem(f"{x}: no images; add the {split} images (masks go to {y})")
     if not y.is_dir():
         if need_masks:
             ck.problem(f"{y}: folder not found; every {split} image needs a mask in {y}"
                        + (" (or set data.test_has_labels: false)" if split == "test" else ""))
         pairs = [(i, None) for i in images]
     else:
-        pairs = ck.pair(split, images, ck.non_images(_files(y)), y)
+        pairs = ck.pair(split, images, ck.non_images(_files(y, ck.problem)), y)
     return [e for e in ck.run_parallel(ck.check_pair, pairs) if e is not None]
 
 
@@ -488,7 +559,8 @@ def attach_csv(ck: Checker, cfg: dict, splits, roots, kind: str):
             v = values[row]
             if kind == "labels":
                 if not np.isin(v, (0, 1)).all():
-                    ck.problem(f"{e['path']}: labels in {path} row {row + 2} are not all 0/1")
+                    ck.problem(f"{e['path']}: labels in {path} row {row + 2} are not all 0/1; "
+                               f"give 0 or 1 in every label column")
                     continue
                 e["label"] = [int(a) for a in v]
                 e["class_name"] = None
@@ -528,6 +600,25 @@ def resolve_roots(ck: Checker, cfg, splits, folders: str | None = None) -> dict[
     return roots
 
 
+def adaptations(ck: Checker) -> dict:
+    """The adaptations of the scanned files: a warning per kind, or with ``data.strict`` a
+    problem per kind; returns the manifest's ``adaptations`` (kind -> what + every file)."""
+    out = {}
+    for kind, (what, fix) in ADAPTATIONS.items():
+        files = sorted(ck.adapted[kind])
+        if not files:
+            continue
+        what = what.format(min_size=list(ck.min_size or ()))
+        named = ", ".join(files[:NAMED]) + (f" and {len(files) - NAMED} more" if len(files) > NAMED else "")
+        if ck.strict:
+            ck.problem(f"{files[0]}: {len(files)} {what} ({named}); data.strict is true: {fix}, "
+                       f"or set data.strict: false to accept this")
+        else:
+            log.warning("%d %s: %s (data.strict: true makes this an error)", len(files), what, named)
+        out[kind] = {"what": what, "files": files}
+    return out
+
+
 def raise_problems(ck: Checker, part: str) -> None:
     if ck.problems:
         n = len(ck.problems)
@@ -541,7 +632,8 @@ def assemble(ck: Checker, cfg, part: str, roots: dict, classes: list[str], split
              extra: dict, workflow: str, masks: bool, stratify: bool) -> dict:
     """The manifest of one part, after every problem was collected (raised here, all at once)."""
     if part == "train" and "train" in roots and not splits.get("train"):
-        ck.problem(f"{roots['train']}: no training images found")
+        ck.problem(f"{roots['train']}: no training images found; add images")
+    adapted = adaptations(ck)
     raise_problems(ck, part)
     head = {"workflow": workflow, "ndim": ck.ndim, "channels": ck.channels, "channel_axis": ck.channel_axis,
             "classes": classes, "n_classes": ck.n_classes,
@@ -561,7 +653,8 @@ def assemble(ck: Checker, cfg, part: str, roots: dict, classes: list[str], split
         splits.setdefault(s, [])
     return {**head, **extra,
             "data_paths": {s: (_abs(roots[s]) if s in roots else None) for s in names},
-            "ignored_files": ck.ignored,
+            "ignored_files": adapted.get("ignored", {}).get("files", []),
+            "adaptations": adapted,
             "counts": {s: _counts(splits[s], masks) for s in names},
             "splits": {s: splits[s] for s in names}}
 

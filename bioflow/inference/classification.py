@@ -28,6 +28,7 @@ from bioflow.data.normalization import load_stats
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path
 from bioflow.models.checkpoint import load_model_from_checkpoint
+from bioflow.models.device import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
     inf = cfg["inference"]
     loader = torch.utils.data.DataLoader(ds, batch_size=int(inf["batch_size"]) * 4, shuffle=False,
                                          num_workers=int(cfg["train"]["num_workers"]))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device("predict")
     # TTA uses only the transforms the model was trained with
     flags = tta_flags(hp["cfg"]["train"]["augmentation"]) if inf["tta"] else None
     probs = predict_proba(model, loader, device, multilabel, flags)

@@ -16,11 +16,19 @@ For every test image (BiaPy's output folders, one TIFF per image with the image'
 An image whose in-memory footprint exceeds ``memory_budget_mb`` is read and written row-chunk
 by row-chunk (``bioflow.inference.streaming``); the tiling code is the same, so the result equals
 the in-memory one. Needs only the checkpoint and the normalization statistics.
+
+A killed prediction does not redo finished images: each finished image's files are hard-linked
+into ``run_dir/.predict_done/<key>/`` with its CSV row written last (the marker), and a rerun
+with the same checkpoint and settings (``<key>``) takes them from there. Snakemake deletes the
+declared output folders of an unfinished job, not this hidden one; it is removed at the end.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -37,9 +45,10 @@ from bioflow.data.segmentation import check_mask, read_mask, to_channels
 from bioflow.errors import BioflowError
 from bioflow.geometry import pad_indices, pad_min
 from bioflow.inference import streaming, tiling
-from bioflow.io import atomic_path, write_json
+from bioflow.io import atomic_path, read_json, write_json
 from bioflow.metrics.segmentation import confusion_counts
 from bioflow.models.checkpoint import load_model_from_checkpoint
+from bioflow.models.device import pick_device
 from bioflow.models.segmentation import size_divisor
 
 log = logging.getLogger(__name__)
@@ -277,8 +286,7 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
     if not test:
         raise BioflowError(f"{manifest_path}: no test images; set data.test")
     model, hp = load_model_from_checkpoint(ckpt_path)
-    if torch.cuda.is_available():
-        model = model.cuda()
+    model = model.to(pick_device("predict"))
     trained = hp["cfg"]
     # what the model was trained with wins for the model-side keys (and TTA follows the
     # training augmentation)
@@ -292,11 +300,15 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
 
     rows, patches = [], []
     t0 = time.time()
+    done = _done_dir(run_dir, ckpt_path, cfg)
     for e in test:
-        mask = None
-        if use_masks and e.get("mask"):
-            mask = check_mask(read_mask(manifest, e), n_classes, e["mask"], cfg["train"]["ignore_index"])
-        row = predict_image(e, manifest, model, cfg, stats, run_dir, mask)
+        row = _finished(done, e, run_dir)
+        if row is None:
+            mask = None
+            if use_masks and e.get("mask"):
+                mask = check_mask(read_mask(manifest, e), n_classes, e["mask"], cfg["train"]["ignore_index"])
+            row = predict_image(e, manifest, model, cfg, stats, run_dir, mask)
+            _mark_finished(done, e, row, run_dir)
         for p in row.pop("_patches", []):
             patches.append({"file": row["file"], **p})
         rows.append(row)
@@ -307,5 +319,55 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
                                                       "n_classes": n_classes, "patches": patches})
     elif (run_dir / "patch_metrics.json").exists():  # stale, from a run with labels
         (run_dir / "patch_metrics.json").unlink()
+    shutil.rmtree(done.parent, ignore_errors=True)
     log.info("predict: %d images in %.1fs -> %s", len(rows), time.time() - t0, run_dir)
     return run_dir / "predictions.csv"
+
+
+# --- finished images of a killed run ---------------------------------------------------------
+
+def _done_dir(run_dir: Path, ckpt_path, cfg: dict) -> Path:
+    """``run_dir/.predict_done/<key>``: key = the checkpoint file and every setting that changes
+    an image's outputs, so a rerun with other settings predicts afresh."""
+    st = os.stat(ckpt_path)
+    what = {"ckpt": [os.path.abspath(ckpt_path), st.st_size, st.st_mtime_ns], "inference": cfg["inference"],
+            "patch_size": cfg["data"]["patch_size"], "labels": cfg["data"]["test_has_labels"],
+            "ignore_index": cfg["train"]["ignore_index"]}
+    key = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return run_dir / ".predict_done" / key
+
+
+def _marker(done: Path, entry: dict) -> Path:
+    return done / (hashlib.sha1(entry["path"].encode()).hexdigest()[:16] + ".json")
+
+
+def _finished(done: Path, entry: dict, run_dir: Path) -> dict | None:
+    """The CSV row of an image a killed run finished (its files put back), else None."""
+    marker = _marker(done, entry)
+    if not marker.is_file():
+        return None
+    row = read_json(marker)
+    files = [(done / f / Path(row[f]).name, Path(row[f])) for f in FOLDERS if row.get(f)]
+    if not all(src.is_file() for src, _ in files):
+        return None
+    for src, dst in files:
+        _link(src, dst)
+    log.info("%s: finished by an earlier, interrupted run; not predicted again", row["file"])
+    return row
+
+
+def _mark_finished(done: Path, entry: dict, row: dict, run_dir: Path) -> None:
+    for f in FOLDERS:
+        if row.get(f):
+            _link(Path(row[f]), done / f / Path(row[f]).name)
+    write_json(_marker(done, entry), row)  # last: the files above are complete
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (a copy where links are not supported), atomically."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)

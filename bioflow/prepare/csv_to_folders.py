@@ -92,9 +92,15 @@ def _plan_csv(cfg: dict) -> list[tuple[str, str, Path, str]]:
         if split_col:
             split = SPLIT_ALIASES.get(str(row[split_col]).strip().lower())
             if split is None:
-                problems.append(f"{where}: split {row[split_col]!r} is not train/val/test")
+                problems.append(f"{where}: split {row[split_col]!r} is not train/val/test; use one "
+                                f"of {', '.join(sorted(SPLIT_ALIASES))}")
                 continue
         src = Path(file) if Path(file).is_absolute() else root / file
+        if not Path(file).is_absolute() and ".." in Path(file.replace("\\", "/")).parts:
+            # a relative path is read below image_root only: '../' could reach any file
+            problems.append(f"{where}: path {file!r} climbs out of {root} with '..'; give paths "
+                            f"inside it, absolute paths, or set data.csv_options.image_root")
+            continue
         if not src.is_file():
             problems.append(f"{src}: file listed in {csv_path} (row {i + 2}) not found; "
                             f"check data.csv_options.image_root")
@@ -144,7 +150,8 @@ def _write_npz(cfg: dict, tmp: Path) -> dict:
                                f"train_images, train_labels, ...); found {data.files}")
         for split in splits:
             if f"{split}_labels" not in data.files:
-                raise BioflowError(f"{npz_path}: '{split}_images' without '{split}_labels'")
+                raise BioflowError(f"{npz_path}: '{split}_images' without '{split}_labels'; add the "
+                                   f"labels array (one label per image)")
             images, labels = data[f"{split}_images"], np.asarray(data[f"{split}_labels"])
             if labels.ndim == 2 and labels.shape[1] == 1:
                 labels = labels[:, 0]

@@ -10,14 +10,13 @@ import datetime as dt
 import html
 import json
 import math
-import platform
 import statistics
 from pathlib import Path
 
 
-from bioflow import __version__
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path
+from bioflow.provenance import library_versions
 
 # metrics.json keys that are not scalar summaries shown in the main table: matrices, tables
 # shown elsewhere, and bookkeeping (counts, settings) that would read like a metric
@@ -74,18 +73,27 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _provenance() -> dict[str, str]:
-    info = {"bioflow": __version__, "python": platform.python_version(), "platform": platform.platform(),
-            "generated": dt.datetime.now().isoformat(timespec="seconds")}
-    for mod in ("torch", "pytorch_lightning", "timm", "segmentation_models_pytorch", "snakemake"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # not installed / no __version__: leave it out
-            pass
-    return info
+    return {**library_versions(), "generated": dt.datetime.now().isoformat(timespec="seconds")}
+
+
+def adaptations_section(manifests) -> str:
+    """What validation adapted on its own (manifest ``adaptations``), every file listed: the
+    report names it even when nobody read the stage logs."""
+    rows = []
+    for path in manifests:
+        m = json.loads(Path(path).read_text())
+        for kind, a in (m.get("adaptations") or {}).items():
+            rows.append([html.escape(m.get("part", "")), html.escape(a["what"]), str(len(a["files"])),
+                         "<br>".join(html.escape(f) for f in a["files"])])
+    if not rows:
+        return "<h2>Adapted inputs</h2><p>None: every file was used as stored.</p>"
+    return ("<h2>Adapted inputs</h2><p>Converted or skipped by bioflow on its own "
+            "(<code>data.strict: true</code> makes these errors):</p>"
+            + _table(["part", "adaptation", "files", "which"], rows))
 
 
 def build_html(cfg: dict, run_dirs: list[str | Path], config_text: str | None = None,
-               sections: list[str] | None = None) -> str:
+               sections: list[str] | None = None, manifests=()) -> str:
     run_dirs = [Path(d) for d in run_dirs]
     metrics, summaries = {}, {}
     for d in run_dirs:
@@ -145,6 +153,8 @@ def build_html(cfg: dict, run_dirs: list[str | Path], config_text: str | None = 
             parts.extend(_img(p, 200 if p.name.startswith("aug_samples") else 420) for p in images[:max_charts])
             parts.append("</div>")
 
+    if manifests:
+        parts.append(adaptations_section(manifests))
     parts.extend(sections or [])  # the workflow's own sections (bioflow.workflows)
     if config_text is not None:
         parts.append("<h2>Configuration</h2><pre>" + html.escape(config_text) + "</pre>")
@@ -164,11 +174,12 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def run(cfg: dict, run_dirs: list[str | Path], out_html: str | Path, config_file=None,
-        sections: list[str] | None = None) -> Path:
+        sections: list[str] | None = None, manifests=()) -> Path:
     """Stage `report`: write report.html aggregating ``run_dirs`` (one per run_id);
-    ``config_file``: the experiment's full config (``config_files/config.yaml``), shown as is."""
+    ``config_file``: the experiment's full config (``config_files/config.yaml``), shown as is;
+    ``manifests``: the validation manifests, whose adaptations the report lists."""
     config_text = Path(config_file).read_text() if config_file else None
-    page = build_html(cfg, run_dirs, config_text, sections)
+    page = build_html(cfg, run_dirs, config_text, sections, manifests)
     out_html = Path(out_html)
     with atomic_path(out_html) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")

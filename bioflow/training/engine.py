@@ -34,13 +34,16 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 from lightning_fabric.plugins.environments import LightningEnvironment
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path, write_json, write_text
+from bioflow.models.device import pick_device
 from bioflow.models.serialization import load_tensors
+from bioflow.provenance import library_versions
 from bioflow.training import optim
 from bioflow.training.charts import plot_history, save_sample
 
@@ -218,6 +221,10 @@ def _precision(value) -> str:
     value = str(value)
     if value == "auto":
         return "16-mixed" if torch.cuda.is_available() else "32-true"
+    if value == "16-mixed" and not torch.cuda.is_available():
+        # float16 mixed precision is a GPU feature: Lightning refuses it on the CPU
+        log.warning("train.precision: 16-mixed needs a GPU and none is usable; training in 32-bit")
+        return "32-true"
     return "32-true" if value == "32" else value
 
 
@@ -230,10 +237,35 @@ def _copy_weights_only(src: Path, dst: Path) -> None:
         torch.save(ck, tmp)
 
 
+class ConfiguredEarlyStopping(EarlyStopping):
+    """Early stopping whose patience is train.patience also on resume: Lightning restores the
+    checkpoint's patience, so a patience changed before rerunning a killed job was ignored."""
+
+    def load_state_dict(self, state_dict) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written beside their target and renamed into place. Lightning's own save
+    goes through a file in the system temp folder moved with shutil.move, i.e. a copy when the
+    results are on another file system (node-local /tmp, shared results): a job killed during
+    the copy left a truncated last.ckpt, and the rerun started afresh."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
 def _old_log_rows(metrics_csv: Path, up_to_epoch: int):
     if not metrics_csv.is_file():
         return None
-    df = pd.read_csv(metrics_csv)
+    try:
+        df = pd.read_csv(metrics_csv)
+    except Exception as exc:  # noqa: BLE001 - Lightning's CSV logger writes in place: a kill can tear it
+        log.warning("%s: unreadable (%s); the resumed run's log starts at the resumed epoch", metrics_csv, exc)
+        return None
     return df[df["epoch"] <= up_to_epoch] if "epoch" in df else None
 
 
@@ -329,7 +361,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     callbacks = [ckpt_cb, last_cb, LearningRateMonitor(logging_interval="epoch")]
     es = None
     if int(tc["patience"]) > 0:
-        es = EarlyStopping(monitor=monitor, mode=mode, patience=int(tc["patience"]))
+        es = ConfiguredEarlyStopping(monitor=monitor, mode=mode, patience=int(tc["patience"]))
         callbacks.append(es)
     max_time = tc["max_time_minutes"]
     if max_time:
@@ -341,18 +373,19 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
                TensorBoardLogger(save_dir=run_dir, name="train_logs", version="tensorboard",
                                  default_hp_metric=False)]
     steps = tc["steps_per_epoch"]
-    plugins = []
+    plugins = [AtomicCheckpointIO()]
     if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1") or 1) <= 1:
         # one Snakemake job = one process: let Lightning launch its own device processes
         # instead of expecting srun-launched tasks (SLURMEnvironment)
         plugins.append(LightningEnvironment())
+    pick_device("train")  # Lightning's "auto" falls back to the CPU silently; this warns
     trainer = pl.Trainer(
         max_epochs=int(tc["epochs"]), accelerator="auto", devices=tc["devices"],
         strategy=tc["strategy"], precision=_precision(tc["precision"]),
         callbacks=callbacks, logger=loggers, default_root_dir=str(work),
         limit_train_batches=int(steps) if steps else 1.0, enable_progress_bar=False,
         log_every_n_steps=10, num_sanity_val_steps=0, enable_model_summary=False,
-        plugins=plugins or None)
+        plugins=plugins)
     t0 = time.time()
     # our own last.ckpt holds tensors and plain data: no pickle needed to resume either
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
@@ -394,6 +427,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
         "config_hash": h, "best_checkpoint": str(ckpt_path), "working_dir": str(work),
         "device": str(trainer.strategy.root_device), "precision": str(trainer.precision),
         "charts": [str(p) for p in chart_files + sample_files],
+        "versions": library_versions(),
     }
     write_json(run_dir / "train_summary.json", summary)
     return summary

@@ -20,7 +20,10 @@ Stage bodies import their torch-heavy implementations inside the function for th
 
 from __future__ import annotations
 
+import errno
 import logging
+import re
+import sys
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -52,6 +55,13 @@ def stage(*keys: str, runtime: tuple[str, ...] = ()) -> Callable:
     return mark
 
 
+def _target(path) -> str:
+    """The file a hidden temporary file of bioflow.io.AtomicFile stands for (else ``path``)."""
+    p = Path(str(path))
+    m = re.fullmatch(r"\.(.*)\.[0-9a-f]{8}\.tmp(.*)", p.name)
+    return str(p.with_name(m.group(1) + m.group(2))) if m else str(path)
+
+
 class Workflow:
     """Base class: the stages all workflows share, with their key lists."""
 
@@ -64,6 +74,11 @@ class Workflow:
     layout_hint: ClassVar[str] = "a folder"  # for messages: what data.train should be
     # keys a workflow's version of a shared stage reads besides the shared ones
     extra_keys: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # what to lower when a stage runs out of memory
+    memory_keys: ClassVar[dict[str, tuple[str, ...]]] = {
+        "train": ("train.batch_size", "data.patch_size", "model.features or a smaller model.architecture"),
+        "predict": ("inference.batch_size",),
+    }
     # stages whose results depend on the code: a new bioflow version reruns them
     code_versioned: ClassVar[tuple[str, ...]] = ("train", "predict", "postprocess", "metrics", "report")
 
@@ -108,7 +123,33 @@ class Workflow:
     def run(self, stage_name: str, tracked: dict, runtime: dict, job: Job):
         """Run a stage on its slice alone (what every script does)."""
         cfg = StageConfig(deep_update(tracked, runtime), stage_name)
-        return self._method(stage_name)(self, cfg, job)
+        try:
+            return self._method(stage_name)(self, cfg, job)
+        except BioflowError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - only resource errors are translated
+            msg = self.resource_error(stage_name, exc)
+            if msg is None:
+                raise
+            raise BioflowError(msg) from exc
+
+    def resource_error(self, stage_name: str, exc: BaseException) -> str | None:
+        """One line for running out of memory or disk space (what to change), else None.
+        Outputs are written atomically, so a failed write leaves no partial file."""
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {_target(exc.filename)}" if exc.filename else ""
+            return (f"{stage_name}: no space left on the device{where}; free space there or set "
+                    f"experiment.result_dir to a disk with room, then rerun (no partial output was kept)")
+        torch = sys.modules.get("torch")  # imported by the stages that can exhaust a GPU
+        oom = isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError)) \
+            or (isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
+                                                   or "can't allocate memory" in str(exc).lower()))
+        if not oom:
+            return None
+        keys = self.memory_keys.get(stage_name, ())
+        lower = f"; lower {', '.join(keys)}" if keys else "; give the job more memory"
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return f"{stage_name}: out of memory ({first}){lower}, or run it on a device with more memory"
 
     def targets(self, cfg: dict, layout: Layout) -> list[str]:
         """Final files of the experiment (``rule all``)."""
@@ -160,6 +201,7 @@ class Workflow:
 
     def _validate(self, cfg: StageConfig, job: Job, part: str) -> dict:
         ck = validate.Checker(cfg, masks=self.has_masks, part=part)
+        ck.min_size = self.min_size(cfg)
         roots = validate.resolve_roots(ck, cfg, validate.PARTS[part], job.input.get("folders"))
         classes = None
         if part == "test":
@@ -227,7 +269,8 @@ class Workflow:
                         {"json": f"{rd}/metrics.json"}, {}),
             "report": ({"metrics": [f"{lay.run_dir(r)}/metrics.json" for r in runs],
                         "summaries": [f"{lay.run_dir(r)}/train_summary.json" for r in runs],
-                        "config": lay.config_copy},
+                        "config": lay.config_copy,
+                        "manifests": [lay.manifest_train, lay.manifest_test]},
                        {"html": lay.report}, {"run_dirs": [lay.run_dir(r) for r in runs]}),
         }
         inputs, outputs, params = io.get(stage_name) or self.stage_io(stage_name, cfg, lay, run_id)
@@ -248,6 +291,11 @@ class Workflow:
         except BioflowError as exc:
             ck.problem(str(exc))
 
+    def min_size(self, cfg: StageConfig) -> tuple[int, ...] | None:
+        """Spatial size the workflow crops its samples to: smaller images are padded, which
+        validation names (an adaptation). None: sizes are free (or resized by config)."""
+        return None
+
     def stratify(self, cfg) -> bool:
         """Whether the validation split is stratified by class."""
         return False
@@ -255,14 +303,14 @@ class Workflow:
     # --- the shared stages ---------------------------------------------------------------
 
     @stage("experiment.workflow", "experiment.ndim", "experiment.split_seed", "data.train", "data.val",
-           "data.val_split", "data.csv", "data.channels", "data.channel_axis", "model.n_classes",
-           "model.architecture", "model.weights")
+           "data.val_split", "data.csv", "data.channels", "data.channel_axis", "data.strict",
+           "model.n_classes", "model.architecture", "model.weights")
     def validate_train(self, cfg: StageConfig, job: Job) -> dict:
         """Check every train / val file and write ``prepared/manifest_train.json``."""
         return self._validate(cfg, job, "train")
 
     @stage("experiment.ndim", "data.train", "data.test", "data.test_has_labels", "data.csv", "data.channels",
-           "data.channel_axis", "model.n_classes")
+           "data.channel_axis", "data.strict", "model.n_classes")
     def validate_test(self, cfg: StageConfig, job: Job) -> dict:
         """Check every test file against the training classes; ``prepared/manifest_test.json``."""
         return self._validate(cfg, job, "test")
@@ -277,7 +325,8 @@ class Workflow:
         from bioflow import report  # matplotlib: kept out of `snakemake -n`
         run_dirs = [Path(d) for d in job.params["run_dirs"]]
         return report.run(cfg, run_dirs, job.output["html"], job.input["config"],
-                          self.report_sections(cfg, run_dirs))
+                          self.report_sections(cfg, run_dirs),
+                          manifests=job.input["manifests"])
 
     @stage("experiment", "data", "model", "train", "inference", "postprocess", "patches", "metrics",
            "report")

@@ -62,7 +62,9 @@ def layout_of(root: Path | None) -> str:
 class PatchClassification(Workflow):
     name = "patch_classification"
     layout_hint = "images/ + masks/, x/ + y/, or class folders with defect masks"
-    extra_keys: ClassVar[dict] = {"validate_train": INPUT_KEYS, "validate_test": INPUT_KEYS}
+    # patches.patch_size: images smaller than a patch are padded (named by validation)
+    extra_keys: ClassVar[dict] = {"validate_train": INPUT_KEYS + ("patches.patch_size",),
+                                  "validate_test": INPUT_KEYS + ("patches.patch_size",)}
 
     # --- DAG -------------------------------------------------------------------------------
 
@@ -122,6 +124,10 @@ class PatchClassification(Workflow):
             return ({"features": f"{rd}/features.h5", "backbone": f"{rd}/backbone.pt"},
                     {"deployment_dir": f"{rd}/deployment", "summary": f"{rd}/train_summary.json"}, {})
         return super().stage_io(stage_name, cfg, lay, run_id)
+
+    def min_size(self, cfg):
+        size = cfg["patches"]["patch_size"]  # null with patches.patch_number: sizes follow the image
+        return tuple(size) if size is not None else None
 
     def check_model(self, ck, cfg) -> None:
         """The backbone is a 2D classification model (registry or timm name) or raw_pixels."""

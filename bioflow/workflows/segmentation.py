@@ -30,9 +30,14 @@ class SemanticSegmentation(Workflow):
     name = "semantic_segmentation"
     has_masks = True
     layout_hint = "a folder with x/ (images) and y/ (masks)"
+    memory_keys: ClassVar[dict] = {
+        "train": ("train.batch_size", "data.patch_size", "model.features (3D) or model.encoder (2D)"),
+        "predict": ("inference.batch_size", "data.patch_size (the tile size)", "inference.memory_budget_mb",
+                    "or set inference.full_image: false"),
+    }
     extra_keys: ClassVar[dict] = {
-        "validate_train": ("data.mask_transform",),
-        "validate_test": ("data.mask_transform",),
+        "validate_train": ("data.mask_transform", "data.patch_size"),
+        "validate_test": ("data.mask_transform", "data.patch_size"),
     }
 
     def runs(self, stage_name: str, cfg: dict) -> bool:
@@ -82,6 +87,9 @@ class SemanticSegmentation(Workflow):
         return out
 
     # --- layout ----------------------------------------------------------------------------
+
+    def min_size(self, cfg):
+        return tuple(cfg["data"]["patch_size"])
 
     def scan(self, ck, cfg, roots, classes):
         need = TRANSFORM_CLASSES.get(ck.mask_transform)

@@ -2,6 +2,7 @@
 # Every rule asks the registered workflow (bioflow/workflows/) for its stage's config slice;
 # nothing here knows which workflow runs.
 import os
+import sys
 
 import bioflow
 from bioflow import workflows
@@ -14,6 +15,13 @@ try:
 except BioflowError as exc:
     # One line naming the key; no traceback needed.
     raise WorkflowError(f"bioflow: {exc}") from None
+
+# A lock left by a killed Snakemake: say exactly how to remove it (only the main process; jobs
+# re-read this file on cluster nodes while the main process legitimately holds the lock).
+if workflow.is_main_process:
+    _hint = workflows.stale_lock_hint(os.getcwd(), workflow.main_snakefile, workflow.overwrite_configfiles or ())
+    if _hint:
+        print(_hint, file=sys.stderr)
 
 L = Layout.of(config)
 EXP = config["experiment"]["name"]
