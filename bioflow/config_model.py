@@ -117,7 +117,13 @@ class Data(_Section):
 class Model(_Section):
     """model: the network."""
 
-    architecture: str = Field(description="any registered name; an unknown one lists the valid names")
+    architecture: str | None = Field(
+        None, description="any registered name; an unknown one lists the valid names (required unless "
+                          "model.checkpoint is set)")
+    checkpoint: str | None = Field(
+        None, description="a bioflow checkpoint (.ckpt) of an earlier experiment: a predict-only experiment "
+                          "(no training); the model, its classes, channels, patch size, normalization and "
+                          "training-time data settings come from the file")
     n_classes: Int(ge=1) = 2
     multilabel: bool = False
     pretrained: bool = False

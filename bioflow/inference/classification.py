@@ -1,7 +1,7 @@
 """Stage ``predict`` for the classification workflow: checkpoint + test images -> predictions.csv.
 
 The model and its preprocessing come from the checkpoint (its stored config), so only the
-checkpoint and the normalization statistics are needed besides the images. Batched; with
+checkpoint (which carries the normalization statistics) is needed besides the images. Batched; with
 ``inference.tta`` the probabilities are averaged over flips and (square y-x) 90-degree
 rotations.
 
@@ -24,7 +24,6 @@ import torch
 from bioflow.data.augment import predict_tta, tta_flags
 from bioflow.data.classification import ClassificationDataset
 from bioflow.data.manifest import load_manifest
-from bioflow.data.normalization import load_stats
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path
 from bioflow.models.checkpoint import load_model_from_checkpoint
@@ -62,10 +61,10 @@ def _display_name(entry: dict, test_root: str | None) -> str:
     return p.name
 
 
-def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> Path:
+def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir) -> Path:
     model, hp = load_model_from_checkpoint(ckpt_path)
     manifest = load_manifest(manifest_path)
-    stats = load_stats(norm_path)
+    stats = hp["normalization"]  # the training statistics travel with the model
     names = list(hp["class_names"])
     if list(manifest["classes"]) != names and manifest["classes"]:
         raise BioflowError(f"{ckpt_path}: trained on classes {names} but the manifest lists "

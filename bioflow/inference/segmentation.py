@@ -15,7 +15,7 @@ For every test image (BiaPy's output folders, one TIFF per image with the image'
 
 An image whose in-memory footprint exceeds ``memory_budget_mb`` is read and written row-chunk
 by row-chunk (``bioflow.inference.streaming``); the tiling code is the same, so the result equals
-the in-memory one. Needs only the checkpoint and the normalization statistics.
+the in-memory one. Needs only the checkpoint (which carries the normalization statistics).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 
 from bioflow.data.augment import predict_tta, tta_flags
 from bioflow.data.manifest import entries, load_manifest, relative_name
-from bioflow.data.normalization import compute_stats, load_stats, normalize
+from bioflow.data.normalization import compute_stats, normalize
 from bioflow.data.segmentation import check_mask, read_mask, to_channels
 from bioflow.errors import BioflowError
 from bioflow.geometry import pad_indices, pad_min
@@ -269,7 +269,7 @@ def _subsample_stats(src, channels, path, norm_cfg) -> dict:
     return compute_stats(imgs, norm_cfg["percentiles"], n_images=len(rows))
 
 
-def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> Path:
+def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir) -> Path:
     """Stage predict (see the module docstring). Returns the path of ``predictions.csv``."""
     run_dir = Path(run_dir)
     manifest = load_manifest(manifest_path)
@@ -286,7 +286,7 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
            "data": {**cfg["data"], "normalization": trained["data"]["normalization"],
                     "channels": trained["data"]["channels"]},
            "train": {**cfg["train"], "augmentation": trained["train"]["augmentation"]}}
-    stats = load_stats(norm_path) if norm_path and Path(norm_path).is_file() else hp.get("normalization")
+    stats = hp["normalization"]  # the training statistics travel with the model
     n_classes = int(cfg["model"]["n_classes"])
     use_masks = bool(cfg["data"]["test_has_labels"])
 

@@ -7,6 +7,7 @@ everything else asks the workflow object.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -50,10 +51,13 @@ def get(name: str) -> Workflow:
 
 def validate_config(cfg: dict, source="config") -> Workflow:
     """Schema validation (defaults filled in place) plus the workflow's own checks; returns
-    the workflow. What the Snakefile and `bioflow check` call."""
+    the workflow. A predict-only config (``model.checkpoint``) gets the model's keys from the
+    checkpoint here. What the Snakefile and `bioflow check` call."""
+    given = copy.deepcopy(cfg)  # what the user wrote, before defaults
     bfconfig.validate(cfg, source=source)
     wf = get(cfg["experiment"]["workflow"])
-    problems = wf.check_config(cfg)
+    problems = wf.from_checkpoint(cfg, given) if wf.predict_only(cfg) else []
+    problems += wf.check_config(cfg)
     if problems:
         raise BioflowError(f"{source}: invalid config", problems)
     return wf

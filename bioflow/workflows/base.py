@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 # The stages every workflow has, in DAG order; a workflow adds its own (csv_to_folders,
 # patch_dataset, postprocess) by defining a method decorated with @stage.
 COMMON_STAGES = ("validate_train", "validate_test", "norm_stats", "train", "predict", "metrics", "report")
+# Stages a predict-only experiment (model.checkpoint) leaves out: the model exists already.
+TRAINING_STAGES = ("validate_train", "norm_stats", "train")
+# Keys of the train stage's slice that say where the training data was, not what the model is:
+# a predict-only experiment keeps its own (its data is the test set).
+TRAINING_DATA_KEYS = ("data.train", "data.val", "data.val_split", "data.csv", "data.metadata_csv",
+                      "experiment.split_seed", "model.checkpoint")
 
 
 def stage(*keys: str, runtime: tuple[str, ...] = ()) -> Callable:
@@ -83,12 +89,64 @@ class Workflow:
         """Whether the experiment needs ``stage_name`` (override for optional stages)."""
         if stage_name not in self.all_stages():
             return False
+        if stage_name in TRAINING_STAGES and self.predict_only(cfg):
+            return False
         if stage_name in ("validate_test", "predict", "metrics", "report"):
             return self.has_test(cfg)
         return True
 
     def has_test(self, cfg: dict) -> bool:
         return bool(cfg["data"]["test"])
+
+    def predict_only(self, cfg: dict) -> bool:
+        """A predict-only experiment: ``model.checkpoint`` names the trained model (no training)."""
+        return bool(cfg["model"]["checkpoint"])
+
+    def checkpoint_keys(self, cfg: dict) -> list[str]:
+        """Leaf keys a predict-only experiment takes from its checkpoint: the train stage's
+        tracked slice (what the model is and how its inputs were prepared) minus where the
+        training data was."""
+        def leaves(d, prefix=""):
+            for k, v in d.items():
+                if isinstance(v, dict) and v and not k.endswith("kwargs"):
+                    yield from leaves(v, f"{prefix}{k}.")
+                else:
+                    yield f"{prefix}{k}"
+        return [k for k in leaves(self.params("train", cfg))
+                if not any(k == d or k.startswith(d + ".") for d in TRAINING_DATA_KEYS)]
+
+    def from_checkpoint(self, cfg: dict, given: dict) -> list[str]:
+        """Predict-only: fill the checkpoint's keys (:meth:`checkpoint_keys`) into ``cfg`` in
+        place from the config the model was trained with; a key the user ``given`` with another
+        value is a problem (returned), as is a workflow without a predict stage."""
+        from bioflow.models import checkpoint  # torch: only for predict-only experiments
+
+        path = cfg["model"]["checkpoint"]
+        if "predict" not in self.all_stages():
+            return [f"model.checkpoint: the {self.name} workflow has no predict stage yet; remove model.checkpoint"]
+        problems = []
+        if len(cfg["experiment"]["run_ids"]) != 1:
+            problems.append(f"experiment.run_ids: a predict-only experiment has one model (model.checkpoint); "
+                            f"give one run id, not {cfg['experiment']['run_ids']}")
+        trained = checkpoint.hparams(path)["cfg"]
+        if trained["experiment"]["workflow"] != self.name:
+            return problems + [f"experiment.workflow: {self.name!r} but model.checkpoint {path} holds a "
+                               f"{trained['experiment']['workflow']!r} model; set experiment.workflow: "
+                               f"{trained['experiment']['workflow']}"]
+        for key in self.checkpoint_keys(cfg):
+            *parents, last = key.split(".")
+            src, dst, user = trained, cfg, given
+            for p in parents:
+                src, dst = src.get(p, {}), dst[p]
+                user = user.get(p, {}) if isinstance(user, dict) else {}
+            if last not in src:  # a key newer than the checkpoint: the schema default stands
+                continue
+            if isinstance(user, dict) and last in user and dst[last] != src[last]:
+                problems.append(f"{key}: {dst[last]!r} but the model of model.checkpoint {path} was trained "
+                                f"with {src[last]!r}; remove {key} (a predict-only experiment takes it from "
+                                f"the checkpoint)")
+            dst[last] = src[last]
+        return problems
 
     def keys(self, stage_name: str) -> tuple[str, ...]:
         return self._method(stage_name).stage_keys + self.extra_keys.get(stage_name, ())
@@ -162,6 +220,8 @@ class Workflow:
         ck = validate.Checker(cfg, masks=self.has_masks, part=part)
         roots = validate.resolve_roots(ck, cfg, validate.PARTS[part], job.input.get("folders"))
         classes = None
+        if "ckpt" in job.input:  # predict-only: the model's classes
+            return self._validate_for_checkpoint(cfg, job, ck, roots)
         if part == "test":
             train_root = validate.resolve_roots(validate.Checker(cfg, self.has_masks), cfg, ("train",),
                                                 job.input.get("folders")).get("train")
@@ -175,6 +235,23 @@ class Workflow:
         write_json(job.output["manifest"], manifest)
         for split in validate.PARTS[part]:
             log.info("validate_%s %s: %s", part, split, manifest["counts"].get(split))
+        return manifest
+
+    def _validate_for_checkpoint(self, cfg, job, ck, roots) -> dict:
+        """validate_test of a predict-only experiment: the test data against the checkpoint's
+        classes (channels and ndim are the checkpoint's already, see :meth:`from_checkpoint`);
+        a misfit is one error naming the checkpoint, before any prediction."""
+        from bioflow.models import checkpoint  # torch: only for predict-only experiments
+        hp = checkpoint.hparams(job.input["ckpt"])
+        try:
+            classes, splits, extra = self.scan(ck, cfg, roots, list(hp["class_names"]))
+            manifest = validate.assemble(ck, cfg, "test", roots, list(hp["class_names"]), splits, extra,
+                                         workflow=self.name, masks=self.has_masks, stratify=False)
+        except BioflowError as exc:
+            raise BioflowError(f"model.checkpoint: {job.input['ckpt']} ({checkpoint.describe(hp)}) does not "
+                               f"fit the test data", exc.problems or [str(exc)]) from None
+        write_json(job.output["manifest"], manifest)
+        log.info("validate_test test: %s", manifest["counts"].get("test"))
         return manifest
 
     def validate_dataset(self, cfg: dict, prepared: str | Path) -> tuple[dict, dict | None]:
@@ -208,10 +285,14 @@ class Workflow:
         rd = lay.run_dir(run_id) if run_id is not None else None
         runs = cfg["experiment"]["run_ids"]
         folders = {"folders": lay.folders} if self.runs("csv_to_folders", cfg) else {}
+        # predict-only: the given checkpoint instead of the train stage's
+        given = cfg["model"]["checkpoint"]
+        ckpt = given or lay.best_ckpt(run_id)
+        trained = {"ckpt": given} if given else {}
         io = {
             "csv_to_folders": ({"csv": cfg["data"]["csv"]}, {"folders_dir": lay.folders}, {}),
             "validate_train": (folders, {"manifest": lay.manifest_train}, {}),
-            "validate_test": (folders, {"manifest": lay.manifest_test}, {}),
+            "validate_test": ({**folders, **trained}, {"manifest": lay.manifest_test}, {}),
             "norm_stats": ({"manifest": lay.manifest_train},
                            {"json": lay.norm_json, "mean": f"{lay.prepared}/norm_mean.npy",
                             "std": f"{lay.prepared}/norm_std.npy"}, {}),
@@ -219,14 +300,15 @@ class Workflow:
             "train": ({"manifest": lay.manifest_train, "norm": lay.norm_json},
                       {"ckpt": lay.best_ckpt(run_id), "summary": f"{rd}/train_summary.json",
                        "charts_dir": f"{rd}/charts"}, {"run_dir": rd}),
-            "predict": ({"ckpt": lay.best_ckpt(run_id), "manifest": lay.manifest_test, "norm": lay.norm_json},
+            "predict": ({"ckpt": ckpt, "manifest": lay.manifest_test},
                         {"csv": f"{rd}/predictions.csv"}, {"run_dir": rd}),
             "postprocess": ({"per_image": f"{rd}/per_image"}, {"post_dir": f"{rd}/full_post_processing"}, {}),
             "metrics": ({"predictions": f"{rd}/predictions.csv", "manifest": lay.manifest_test,
                          **({"post": f"{rd}/full_post_processing"} if self.runs("postprocess", cfg) else {})},
                         {"json": f"{rd}/metrics.json"}, {}),
             "report": ({"metrics": [f"{lay.run_dir(r)}/metrics.json" for r in runs],
-                        "summaries": [f"{lay.run_dir(r)}/train_summary.json" for r in runs],
+                        **({"summaries": [f"{lay.run_dir(r)}/train_summary.json" for r in runs]}
+                           if self.runs("train", cfg) else {}),
                         "config": lay.config_copy},
                        {"html": lay.report}, {"run_dirs": [lay.run_dir(r) for r in runs]}),
         }
