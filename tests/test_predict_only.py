@@ -16,9 +16,10 @@ import tifffile
 import yaml
 
 from bioflow import workflows
-from bioflow.config import deep_update, run_dir
+from bioflow.config import deep_update
 from bioflow.errors import BioflowError
 from bioflow.inference.segmentation import FOLDERS
+from bioflow.layout import Layout
 from helpers_snakemake import planned_jobs
 from helpers_stages import call, job, prepare
 
@@ -66,6 +67,10 @@ def segmentation_run(tmp_path_factory):
                      "patch_size": [64, 64], "normalization": {"type": "percentile"}},
                     model={"architecture": "unet_nd", "features": [4, 8, 16]},
                     train={"steps_per_epoch": 1, "batch_size": 2}, inference={"padding": 4, "batch_size": 4})
+
+
+def run_dir(cfg, run_id) -> Path:
+    return Path(Layout.of(cfg).run_dir(run_id))
 
 
 def ckpt_of(cfg) -> str:
