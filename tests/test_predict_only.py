@@ -178,3 +178,19 @@ def test_a_workflow_without_prediction_refuses_a_checkpoint(classification_run, 
            "model": {"checkpoint": ckpt_of(classification_run)}}
     with pytest.raises(BioflowError, match="patch_classification workflow has no predict stage"):
         workflows.validate_config(cfg)
+
+
+def test_every_checkpoint_says_where_it_comes_from(classification_run):
+    import hashlib
+    import json
+
+    from bioflow import __version__
+    from bioflow.models import checkpoint
+    prov = checkpoint.hparams(ckpt_of(classification_run))["provenance"]
+    summary = json.loads((run_dir(classification_run, 1) / "train_summary.json").read_text())
+    manifest = Path(job(classification_run, "train", 1).input["manifest"])
+    assert prov["bioflow_version"] == __version__ and prov["torch_version"]
+    assert prov["config_hash"] == summary["config_hash"]
+    assert prov["manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert prov["training"]["best_epoch"] == summary["best_epoch"] == 0
+    assert prov["training"]["stop_reason"] == "max_epochs" and prov["training"]["run_id"] == 1

@@ -141,5 +141,6 @@ def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> di
     log.info("train run %s: %d train / %d val images, classes %s, counts %s, class weights %s, "
              "monitor %s", run_id, len(dm.train_dataset), len(dm.val_dataset), classes, counts,
              None if cw is None else np.round(cw, 3).tolist(), monitor)
-    summary = fit(cfg, run_id, module, dm, ckpt_path, run_dir, monitor=monitor, mode=mode)
+    summary = fit(cfg, run_id, module, dm, ckpt_path, run_dir, monitor=monitor, mode=mode,
+                  manifest_path=manifest_path)
     return summary
