@@ -25,6 +25,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/patch.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/export.smk"
 
 
 # Seconds-long stages run on the submitting host even under a cluster profile.

@@ -280,6 +280,15 @@ class Report(_Section):
     max_charts: Int(ge=0) = Field(12, description="charts shown per run")
 
 
+class Export(_Section):
+    """export: the trained model as files that run without bioflow."""
+
+    formats: list[Literal["torchscript", "onnx"]] = Field(
+        [], description="files written per run under <experiment>/export/: TorchScript (model.torchscript.pt) "
+                        "and / or ONNX (model.onnx; needs bioflow[export]), with export.json",
+        json_schema_extra={"uniqueItems": True})
+
+
 class Config(_Section):
     """bioflow experiment configuration (one YAML per experiment).
 
@@ -298,3 +307,4 @@ class Config(_Section):
     patches: Patches = section(Patches)
     metrics: Metrics = section(Metrics)
     report: Report = section(Report)
+    export: Export = section(Export)

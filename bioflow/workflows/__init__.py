@@ -57,6 +57,9 @@ def validate_config(cfg: dict, source="config") -> Workflow:
     bfconfig.validate(cfg, source=source)
     wf = get(cfg["experiment"]["workflow"])
     problems = wf.from_checkpoint(cfg, given) if wf.predict_only(cfg) else []
+    if cfg["export"]["formats"] and not wf.runs("export", cfg):
+        problems.append(f"export.formats: the {wf.name} workflow has no trained model to export yet; "
+                        f"remove export.formats")
     problems += wf.check_config(cfg)
     if problems:
         raise BioflowError(f"{source}: invalid config", problems)

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 COMMON_STAGES = ("validate_train", "validate_test", "norm_stats", "train", "predict", "metrics", "report")
 # Stages a predict-only experiment (model.checkpoint) leaves out: the model exists already.
 TRAINING_STAGES = ("validate_train", "norm_stats", "train")
+# export.formats -> file name in the run's export folder (beside export.json)
+EXPORT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 # Keys of the train stage's slice that say where the training data was, not what the model is:
 # a predict-only experiment keeps its own (its data is the test set).
 TRAINING_DATA_KEYS = ("data.train", "data.val", "data.val_split", "data.csv", "data.metadata_csv",
@@ -71,7 +73,7 @@ class Workflow:
     # keys a workflow's version of a shared stage reads besides the shared ones
     extra_keys: ClassVar[dict[str, tuple[str, ...]]] = {}
     # stages whose results depend on the code: a new bioflow version reruns them
-    code_versioned: ClassVar[tuple[str, ...]] = ("train", "predict", "postprocess", "metrics", "report")
+    code_versioned: ClassVar[tuple[str, ...]] = ("train", "predict", "postprocess", "metrics", "report", "export")
 
     # --- the interface the Snakefile uses ----------------------------------------------
 
@@ -91,6 +93,8 @@ class Workflow:
             return False
         if stage_name in TRAINING_STAGES and self.predict_only(cfg):
             return False
+        if stage_name == "export":
+            return bool(cfg["export"]["formats"])
         if stage_name in ("validate_test", "predict", "metrics", "report"):
             return self.has_test(cfg)
         return True
@@ -170,9 +174,12 @@ class Workflow:
 
     def targets(self, cfg: dict, layout: Layout) -> list[str]:
         """Final files of the experiment (``rule all``)."""
-        if not self.has_test(cfg):
-            return [layout.best_ckpt(r) for r in cfg["experiment"]["run_ids"]] + [layout.config_copy]
-        return [layout.report, layout.config_copy]
+        runs = cfg["experiment"]["run_ids"]
+        exports = [f for r in runs for f in self.job("export", cfg, r).output.values()] if self.runs("export", cfg) else []
+        if not self.has_test(cfg):  # the trained models (none to make in a predict-only experiment)
+            trained = [] if self.predict_only(cfg) else [layout.best_ckpt(r) for r in runs]
+            return trained + [layout.config_copy] + exports
+        return [layout.report, layout.config_copy] + exports
 
     def outputs(self, stage_name: str, cfg: dict) -> dict[str, str]:
         """Files a per-run stage writes besides its main output, relative to the run folder,
@@ -306,6 +313,9 @@ class Workflow:
             "metrics": ({"predictions": f"{rd}/predictions.csv", "manifest": lay.manifest_test,
                          **({"post": f"{rd}/full_post_processing"} if self.runs("postprocess", cfg) else {})},
                         {"json": f"{rd}/metrics.json"}, {}),
+            "export": ({"ckpt": ckpt},
+                       {**{fmt: f"{lay.export_dir(run_id)}/{EXPORT_FILES[fmt]}" for fmt in cfg["export"]["formats"]},
+                        "info": f"{lay.export_dir(run_id)}/export.json"}, {"out_dir": lay.export_dir(run_id)}),
             "report": ({"metrics": [f"{lay.run_dir(r)}/metrics.json" for r in runs],
                         **({"summaries": [f"{lay.run_dir(r)}/train_summary.json" for r in runs]}
                            if self.runs("train", cfg) else {}),
@@ -361,8 +371,14 @@ class Workflow:
         return report.run(cfg, run_dirs, job.output["html"], job.input["config"],
                           self.report_sections(cfg, run_dirs))
 
+    @stage("export")
+    def export(self, cfg: StageConfig, job: Job) -> dict:
+        """The trained model as TorchScript / ONNX files with export.json (see bioflow.export)."""
+        from bioflow import export  # torch: kept out of `snakemake -n`
+        return export.run(cfg, job.input["ckpt"], job.output, job.params["out_dir"])
+
     @stage("experiment", "data", "model", "train", "inference", "postprocess", "patches", "metrics",
-           "report")
+           "report", "export")
     def save_config(self, cfg: StageConfig, job: Job) -> None:
         """The validated config (defaults filled in) next to the results, as BiaPy keeps it."""
         import yaml
