@@ -17,6 +17,7 @@ if not config:
 
 wildcard_constraints:
     run_id=r"\d+",
+    shard=r"\d+",
 
 
 include: "workflow/rules/common.smk"
@@ -47,6 +48,12 @@ if "report" in STAGES:
 
     localrules:
         report,
+
+
+if "predict_shard" in STAGES:  # predict only gathers the shards: hard links and a table
+
+    localrules:
+        predict,
 
 
 rule all:

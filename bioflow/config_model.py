@@ -192,6 +192,9 @@ class Inference(_Section):
         True, description="segmentation: also predict whole images without tiling when they fit")
     binarize_threshold: Num(ge=0, le=1) = 0.5
     memory_budget_mb: Num(gt=0) = Field(2048, description="volumes larger than this are processed chunk by chunk")
+    shards: Int(ge=1) = Field(
+        1, description="prediction split over this many jobs (e.g. GPUs of a cluster), merged before metrics; "
+                       "a rerun after a kill skips the images a shard finished")
 
 
 class Postprocess(_Section):

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import tifffile
 import torch
 
@@ -36,7 +35,7 @@ from bioflow.data.normalization import compute_stats, normalize
 from bioflow.data.segmentation import check_mask, read_mask, to_channels
 from bioflow.errors import BioflowError
 from bioflow.geometry import pad_indices, pad_min
-from bioflow.inference import streaming, tiling
+from bioflow.inference import shards, streaming, tiling
 from bioflow.io import atomic_path, write_json
 from bioflow.metrics.segmentation import confusion_counts
 from bioflow.models.checkpoint import load_model_from_checkpoint
@@ -269,8 +268,10 @@ def _subsample_stats(src, channels, path, norm_cfg) -> dict:
     return compute_stats(imgs, norm_cfg["percentiles"], n_images=len(rows))
 
 
-def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir) -> Path:
-    """Stage predict (see the module docstring). Returns the path of ``predictions.csv``."""
+def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[int, int] | None = None) -> Path:
+    """Stage predict (see the module docstring). Returns the path of ``predictions.csv``.
+    ``shard=(k, n)``: only the k-th of n parts of the test images, skipping the images a
+    killed run finished (see :mod:`bioflow.inference.shards`)."""
     run_dir = Path(run_dir)
     manifest = load_manifest(manifest_path)
     test = entries(manifest, "test")
@@ -292,16 +293,21 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir) -> Path:
 
     rows, patches = [], []
     t0 = time.time()
-    for e in test:
-        mask = None
-        if use_masks and e.get("mask"):
-            mask = check_mask(read_mask(manifest, e), n_classes, e["mask"], cfg["train"]["ignore_index"])
-        row = predict_image(e, manifest, model, cfg, stats, run_dir, mask)
+    first = shards.part(len(test), 1, shard).start
+    records = shards.Records(run_dir) if shard is not None else None
+    for i, e in enumerate(test[shards.part(len(test), 1, shard)], start=first):
+        row = records.get(i) if records else None
+        if row is None:
+            mask = None
+            if use_masks and e.get("mask"):
+                mask = check_mask(read_mask(manifest, e), n_classes, e["mask"], cfg["train"]["ignore_index"])
+            row = predict_image(e, manifest, model, cfg, stats, run_dir, mask)
+            if records:  # after the image's outputs: a rerun after a kill skips it
+                records.put(i, row)
         for p in row.pop("_patches", []):
             patches.append({"file": row["file"], **p})
         rows.append(row)
-    with atomic_path(run_dir / "predictions.csv") as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+    shards.write_csv(rows, run_dir / "predictions.csv")
     if use_masks:  # a declared output whenever the test set has labels (possibly no patches)
         write_json(run_dir / "patch_metrics.json", {"patch_size": cfg["data"]["patch_size"],
                                                       "n_classes": n_classes, "patches": patches})

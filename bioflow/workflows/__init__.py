@@ -87,6 +87,9 @@ def run_stage(snakemake, stage_name: str) -> None:
         wf = get(params.pop("workflow"))
         tracked, runtime = params.pop("cfg"), params.pop("runtime", None)
         run_id = getattr(snakemake.wildcards, "run_id", None)
+        shard = getattr(snakemake.wildcards, "shard", None)
+        if shard is not None:  # predict_shard: which part of how many
+            params["shard"] = [int(shard), int(tracked["inference"]["shards"])]
         job = Job(input=dict(snakemake.input.items()), output=dict(snakemake.output.items()),
                   params=params, run_id=None if run_id is None else int(run_id), threads=threads)
         wf.run(stage_name, tracked, runtime.value if runtime is not None else {}, job)

@@ -21,6 +21,7 @@ Stage bodies import their torch-heavy implementations inside the function for th
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -83,8 +84,12 @@ class Workflow:
 
     def all_stages(self) -> list[str]:
         names = [n for n in dir(type(self)) if hasattr(getattr(type(self), n), "stage_keys")]
-        order = {s: i for i, s in enumerate(("csv_to_folders",) + COMMON_STAGES[:3] + ("patch_dataset", "patch_features", "patch_head")
-                                            + COMMON_STAGES[3:5] + ("postprocess",) + COMMON_STAGES[5:])}
+        if "train" not in names:  # nothing to shard or export without a trained bioflow model
+            names = [n for n in names if n not in ("predict_shard", "export")]
+        order = {s: i for i, s in enumerate(("csv_to_folders",) + COMMON_STAGES[:3]
+                                            + ("patch_dataset", "patch_features", "patch_head")
+                                            + COMMON_STAGES[3:4] + ("predict_shard",) + COMMON_STAGES[4:5]
+                                            + ("postprocess",) + COMMON_STAGES[5:])}
         return sorted(names, key=lambda n: order.get(n, len(order)))
 
     def runs(self, stage_name: str, cfg: dict) -> bool:
@@ -95,12 +100,18 @@ class Workflow:
             return False
         if stage_name == "export":
             return bool(cfg["export"]["formats"])
+        if stage_name == "predict_shard":
+            return self.runs("predict", cfg) and self.sharded(cfg)
         if stage_name in ("validate_test", "predict", "metrics", "report"):
             return self.has_test(cfg)
         return True
 
     def has_test(self, cfg: dict) -> bool:
         return bool(cfg["data"]["test"])
+
+    def sharded(self, cfg: dict) -> bool:
+        """Prediction split over ``inference.shards`` jobs (scatter / gather)."""
+        return cfg["inference"]["shards"] > 1
 
     def predict_only(self, cfg: dict) -> bool:
         """A predict-only experiment: ``model.checkpoint`` names the trained model (no training)."""
@@ -153,10 +164,12 @@ class Workflow:
         return problems
 
     def keys(self, stage_name: str) -> tuple[str, ...]:
+        if stage_name == "predict_shard":  # a part of predict: its keys
+            return self.keys("predict")
         return self._method(stage_name).stage_keys + self.extra_keys.get(stage_name, ())
 
     def runtime_keys(self, stage_name: str) -> tuple[str, ...]:
-        return self._method(stage_name).stage_runtime
+        return self._method("predict" if stage_name == "predict_shard" else stage_name).stage_runtime
 
     def params(self, stage_name: str, cfg: dict) -> dict:
         """The stage's tracked config slice, for the rule's ``params: cfg=``: its keys minus its
@@ -170,6 +183,9 @@ class Workflow:
     def run(self, stage_name: str, tracked: dict, runtime: dict, job: Job):
         """Run a stage on its slice alone (what every script does)."""
         cfg = StageConfig(deep_update(tracked, runtime), stage_name)
+        if stage_name == "predict" and "shards" in job.input:  # the gather of a sharded prediction
+            from bioflow.inference import shards  # pandas: kept out of `snakemake -n`
+            return shards.gather(job.input["shards"], job.params["run_dir"], job.output)
         return self._method(stage_name)(self, cfg, job)
 
     def targets(self, cfg: dict, layout: Layout) -> list[str]:
@@ -284,10 +300,12 @@ class Workflow:
         return self.run(stage_name, self.params(stage_name, cfg),
                         slice_config(cfg, self.runtime_keys(stage_name)), job)
 
-    def job(self, stage_name: str, cfg: dict, run_id: int | str | None = None) -> Job:
+    def job(self, stage_name: str, cfg: dict, run_id: int | str | None = None,
+            shard: int | str | None = None) -> Job:
         """The named inputs, outputs and path params of a stage: what its rule declares (the
         rules build themselves from this, with ``run_id="{run_id}"``) and what a Python caller
-        passes. Names ending in ``_dir`` are folders."""
+        passes. Names ending in ``_dir`` are folders. ``shard``: of ``predict_shard`` (``"{shard}"``
+        in the rule)."""
         lay = Layout.of(cfg)
         rd = lay.run_dir(run_id) if run_id is not None else None
         runs = cfg["experiment"]["run_ids"]
@@ -307,8 +325,15 @@ class Workflow:
             "train": ({"manifest": lay.manifest_train, "norm": lay.norm_json},
                       {"ckpt": lay.best_ckpt(run_id), "summary": f"{rd}/train_summary.json",
                        "charts_dir": f"{rd}/charts"}, {"run_dir": rd}),
-            "predict": ({"ckpt": ckpt, "manifest": lay.manifest_test},
+            "predict": (({"shards": [f"{rd}/predict_shards/shard_{k}.csv" for k in range(cfg["inference"]["shards"])]}
+                         if self.sharded(cfg) else {"ckpt": ckpt, "manifest": lay.manifest_test}),
                         {"csv": f"{rd}/predictions.csv"}, {"run_dir": rd}),
+            # one part of a sharded prediction, in a working folder beside its declared table
+            "predict_shard": ({"ckpt": ckpt, "manifest": lay.manifest_test},
+                              {"csv": f"{rd}/predict_shards/shard_{shard}.csv"},
+                              {"run_dir": f"{rd}/predict_shards/shard_{shard}",
+                               **({"shard": [int(shard), cfg["inference"]["shards"]]}
+                                  if isinstance(shard, int) or str(shard).isdigit() else {})}),
             "postprocess": ({"per_image": f"{rd}/per_image"}, {"post_dir": f"{rd}/full_post_processing"}, {}),
             "metrics": ({"predictions": f"{rd}/predictions.csv", "manifest": lay.manifest_test,
                          **({"post": f"{rd}/full_post_processing"} if self.runs("postprocess", cfg) else {})},
@@ -370,6 +395,13 @@ class Workflow:
         run_dirs = [Path(d) for d in job.params["run_dirs"]]
         return report.run(cfg, run_dirs, job.output["html"], job.input["config"],
                           self.report_sections(cfg, run_dirs))
+
+    @stage()  # the keys of predict (see keys())
+    def predict_shard(self, cfg: StageConfig, job: Job) -> Path:
+        """A part of predict (``inference.shards`` > 1) in its working folder; its table, moved
+        last, is the declared output (see bioflow.inference.shards)."""
+        os.replace(self._method("predict")(self, cfg, job), job.output["csv"])
+        return Path(job.output["csv"])
 
     @stage("export")
     def export(self, cfg: StageConfig, job: Job) -> dict:
