@@ -283,13 +283,35 @@ class Report(_Section):
     max_charts: Int(ge=0) = Field(12, description="charts shown per run")
 
 
+class Author(_Section):
+    """export.authors[]: an author of an exported model."""
+
+    name: str
+    affiliation: str | None = None
+    orcid: str | None = Field(None, description="e.g. 0000-0002-1825-0097")
+
+
+class Cite(_Section):
+    """export.cite[]: a citation of an exported model (text plus a DOI or URL)."""
+
+    text: str
+    doi: str | None = None
+    url: str | None = None
+
+
 class Export(_Section):
     """export: the trained model as files that run without bioflow."""
 
-    formats: list[Literal["torchscript", "onnx"]] = Field(
-        [], description="files written per run under <experiment>/export/: TorchScript (model.torchscript.pt) "
-                        "and / or ONNX (model.onnx; needs bioflow[export]), with export.json",
+    formats: list[Literal["torchscript", "onnx", "bioimageio"]] = Field(
+        [], description="files written per run under <experiment>/export/: TorchScript (model.torchscript.pt), "
+                        "ONNX (model.onnx; needs bioflow[export]), a BioImage Model Zoo package (bioimageio/rdf.yaml; "
+                        "needs torchscript and export.authors), with export.json",
         json_schema_extra={"uniqueItems": True})
+    name: str | None = Field(None, description="bioimageio: model name (default: made from the workflow)")
+    description: str | None = Field(None, description="bioimageio: one-sentence description")
+    authors: list[Author] = Field([], description="bioimageio: at least one")
+    cite: list[Cite] = Field([], description="bioimageio: how to cite the model / its training data")
+    license: str = Field("CC-BY-4.0", description="bioimageio: SPDX license id of the model")
 
 
 class Config(_Section):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bioflow import bioimageio_package
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path, write_json
 from bioflow.models.checkpoint import load_model_from_checkpoint
@@ -98,7 +99,7 @@ def run(cfg, ckpt_path, outputs: dict, out_dir) -> dict:
             np.save(f, arr.numpy().astype(np.float32))
 
     files, diffs = {}, {}
-    for fmt in cfg["export"]["formats"]:
+    for fmt in (f for f in cfg["export"]["formats"] if f != "bioimageio"):  # the package comes last
         path = Path(outputs[fmt])
         run_fn = _torchscript(model, inputs[0], path) if fmt == "torchscript" else _onnx(model, inputs[0], path, dense)
         with torch.inference_mode():
@@ -125,8 +126,11 @@ def run(cfg, ckpt_path, outputs: dict, out_dir) -> dict:
         "output": {"axes": axes if dense else "bc", "kind": "logits",
                    "activation": "sigmoid" if tcfg["model"]["multilabel"] else "softmax over c",
                    "class_names": list(hp["class_names"]), "test_file": "test_output.npy"},
-        "max_abs_diff_to_pytorch": diffs, "tolerance": TOLERANCE,
+        "max_abs_diff_to_pytorch": diffs, "tolerance": TOLERANCE, "onnx_opset": ONNX_OPSET,
         "provenance": hp.get("provenance"),
     }
     write_json(outputs["info"], info)
+    if "bioimageio" in cfg["export"]["formats"]:
+        bioimageio_package.write(cfg, hp, model, inputs[0].numpy(), dense, files, out_dir,
+                                 Path(outputs["bioimageio"]), info)
     return info

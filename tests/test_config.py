@@ -136,7 +136,7 @@ def test_generated_schema_is_a_valid_json_schema_that_agrees_with_validate():
     assert len(list(validator.iter_errors(bad))) == 3
     # every section rejects unknown keys, in the schema as in validate()
     objects = [d for d in config.schema()["$defs"].values() if d.get("type") == "object"]
-    assert len(objects) == 14 and all(d["additionalProperties"] is False for d in objects)
+    assert len(objects) == 16 and all(d["additionalProperties"] is False for d in objects)
 
 
 def _plain(value) -> bool:

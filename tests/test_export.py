@@ -99,3 +99,42 @@ def test_a_workflow_without_a_model_refuses_export_formats():
            "model": {"architecture": "resnet18"}, **BOTH}
     with pytest.raises(BioflowError, match="export.formats: the patch_classification workflow has no trained model"):
         workflows.validate_config(cfg)
+
+
+BIOIMAGEIO = {"export": {"formats": ["torchscript", "onnx", "bioimageio"], "authors": [{"name": "A. Author"}],
+                         "cite": [{"text": "bioflow test model", "url": "https://example.com/"}]}}
+
+
+@pytest.mark.parametrize("run", ["classification_run", "segmentation_run", "segmentation_3d_run"])
+def test_bioimageio_package_passes_bioimageio_test(run, request, tmp_path):
+    """What deepImageJ / ilastik / napari users open: `bioimageio test` runs the package's
+    pre-processing (bioflow's normalization with the training statistics), both weight formats
+    and the post-processing on the raw test input and must reproduce the expected output."""
+    import shutil
+    import subprocess
+    if shutil.which("bioimageio") is None:
+        pytest.skip("bioimageio.core not installed (pip install -e '.[test]')")
+    trained = request.getfixturevalue(run)
+    cfg = deep_update(trained, {**BIOIMAGEIO, "experiment": {"result_dir": str(tmp_path / "r")}})
+    cfg["model"] = {"checkpoint": ckpt_of(trained)}  # a predict-only experiment exporting the model
+    cfg["data"] = {"test": None}
+    workflows.validate_config(cfg)
+    call(cfg, "export", 1)
+    rdf = Path(job(cfg, "export", 1).output["bioimageio"])
+    proc = subprocess.run(["bioimageio", "test", str(rdf)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    descr = yaml.safe_load(rdf.read_text())
+    assert set(descr["weights"]) == {"torchscript", "onnx"} and descr["authors"] == [{"name": "A. Author"}]
+    steps = [s["id"] for s in descr["inputs"][0]["preprocessing"]]
+    assert steps[1:] == {"classification_run": ["fixed_zero_mean_unit_variance"],
+                         "segmentation_run": ["clip", "scale_linear"],
+                         "segmentation_3d_run": ["fixed_zero_mean_unit_variance"]}[run]
+    assert "## Validation" in (rdf.parent / "README.md").read_text()
+
+
+def test_bioimageio_needs_torchscript_and_an_author(classification_run):
+    cfg = deep_update(classification_run, {"export": {"formats": ["bioimageio"]}})
+    with pytest.raises(BioflowError) as err:
+        workflows.validate_config(cfg)
+    assert "bioimageio packages the TorchScript weights; add torchscript" in str(err.value)
+    assert "export.authors: a bioimageio package needs at least one author" in str(err.value)

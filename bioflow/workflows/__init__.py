@@ -60,6 +60,12 @@ def validate_config(cfg: dict, source="config") -> Workflow:
     if cfg["export"]["formats"] and not wf.runs("export", cfg):
         problems.append(f"export.formats: the {wf.name} workflow has no trained model to export yet; "
                         f"remove export.formats")
+    if "bioimageio" in cfg["export"]["formats"]:
+        if "torchscript" not in cfg["export"]["formats"]:
+            problems.append("export.formats: bioimageio packages the TorchScript weights; add torchscript")
+        if not cfg["export"]["authors"]:
+            problems.append("export.authors: a bioimageio package needs at least one author "
+                            "(export.authors: [{name: ...}])")
     problems += wf.check_config(cfg)
     if problems:
         raise BioflowError(f"{source}: invalid config", problems)

@@ -40,7 +40,7 @@ COMMON_STAGES = ("validate_train", "validate_test", "norm_stats", "train", "pred
 # Stages a predict-only experiment (model.checkpoint) leaves out: the model exists already.
 TRAINING_STAGES = ("validate_train", "norm_stats", "train")
 # export.formats -> file name in the run's export folder (beside export.json)
-EXPORT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+EXPORT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "bioimageio": "bioimageio/rdf.yaml"}
 # Keys of the train stage's slice that say where the training data was, not what the model is:
 # a predict-only experiment keeps its own (its data is the test set).
 TRAINING_DATA_KEYS = ("data.train", "data.val", "data.val_split", "data.csv", "data.metadata_csv",
@@ -132,8 +132,8 @@ class Workflow:
 
     def from_checkpoint(self, cfg: dict, given: dict) -> list[str]:
         """Predict-only: fill the checkpoint's keys (:meth:`checkpoint_keys`) into ``cfg`` in
-        place from the config the model was trained with; a key the user ``given`` with another
-        value is a problem (returned), as is a workflow without a predict stage."""
+        place from the config the model was trained with; a model / data key the user ``given``
+        with another value is a problem (returned), as is a workflow without a predict stage."""
         from bioflow.models import checkpoint  # torch: only for predict-only experiments
 
         path = cfg["model"]["checkpoint"]
@@ -156,7 +156,9 @@ class Workflow:
                 user = user.get(p, {}) if isinstance(user, dict) else {}
             if last not in src:  # a key newer than the checkpoint: the schema default stands
                 continue
-            if isinstance(user, dict) and last in user and dst[last] != src[last]:
+            # train.* only say how the model was trained (an edited copy of the training config
+            # may differ there): taken from the checkpoint without complaint
+            if isinstance(user, dict) and last in user and dst[last] != src[last] and parents[:1] != ["train"]:
                 problems.append(f"{key}: {dst[last]!r} but the model of model.checkpoint {path} was trained "
                                 f"with {src[last]!r}; remove {key} (a predict-only experiment takes it from "
                                 f"the checkpoint)")
