@@ -124,7 +124,7 @@ def test_test_data_that_does_not_fit_the_checkpoint_fails_before_prediction(clas
 def test_a_workflow_without_prediction_refuses_a_checkpoint(classification_run, tmp_path):
     cfg = {"experiment": {"name": "p", "workflow": "patch_classification"}, "data": {"test": "t"},
            "model": {"checkpoint": ckpt_of(classification_run)}}
-    with pytest.raises(BioflowError, match="patch_classification workflow has no predict stage"):
+    with pytest.raises(BioflowError, match="patch_classification workflow does not predict from a bioflow checkpoint"):
         workflows.validate_config(cfg)
 
 

@@ -56,10 +56,12 @@ def validate_config(cfg: dict, source="config") -> Workflow:
     given = copy.deepcopy(cfg)  # what the user wrote, before defaults
     bfconfig.validate(cfg, source=source)
     wf = get(cfg["experiment"]["workflow"])
-    problems = wf.from_checkpoint(cfg, given) if wf.predict_only(cfg) else []
+    problems = wf.from_checkpoint(cfg, given) if cfg["model"]["checkpoint"] else []
     if cfg["export"]["formats"] and not wf.runs("export", cfg):
         problems.append(f"export.formats: the {wf.name} workflow has no trained model to export yet; "
                         f"remove export.formats")
+    if cfg["inference"]["shards"] > 1 and "predict_shard" not in wf.all_stages():
+        problems.append(f"inference.shards: the {wf.name} workflow predicts in one job; remove inference.shards")
     if "bioimageio" in cfg["export"]["formats"]:
         if "torchscript" not in cfg["export"]["formats"]:
             problems.append("export.formats: bioimageio packages the TorchScript weights; add torchscript")

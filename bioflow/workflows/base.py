@@ -137,8 +137,9 @@ class Workflow:
         from bioflow.models import checkpoint  # torch: only for predict-only experiments
 
         path = cfg["model"]["checkpoint"]
-        if "predict" not in self.all_stages():
-            return [f"model.checkpoint: the {self.name} workflow has no predict stage yet; remove model.checkpoint"]
+        if "train" not in self.all_stages():
+            return [f"model.checkpoint: the {self.name} workflow does not predict from a bioflow checkpoint; "
+                    f"remove model.checkpoint"]
         problems = []
         if len(cfg["experiment"]["run_ids"]) != 1:
             problems.append(f"experiment.run_ids: a predict-only experiment has one model (model.checkpoint); "
@@ -345,7 +346,7 @@ class Workflow:
                         "info": f"{lay.export_dir(run_id)}/export.json"}, {"out_dir": lay.export_dir(run_id)}),
             "report": ({"metrics": [f"{lay.run_dir(r)}/metrics.json" for r in runs],
                         **({"summaries": [f"{lay.run_dir(r)}/train_summary.json" for r in runs]}
-                           if self.runs("train", cfg) else {}),
+                           if not self.predict_only(cfg) else {}),  # no training in a predict-only run
                         "config": lay.config_copy},
                        {"html": lay.report}, {"run_dirs": [lay.run_dir(r) for r in runs]}),
         }
