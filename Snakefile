@@ -17,6 +17,7 @@ if not config:
 
 wildcard_constraints:
     run_id=r"\d+",
+    shard=r"\d+",
 
 
 include: "workflow/rules/common.smk"
@@ -25,6 +26,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/patch.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/export.smk"
 
 
 # Seconds-long stages run on the submitting host even under a cluster profile.
@@ -46,6 +48,12 @@ if "report" in STAGES:
 
     localrules:
         report,
+
+
+if "predict_shard" in STAGES:  # predict only gathers the shards: hard links and a table
+
+    localrules:
+        predict,
 
 
 rule all:

@@ -245,13 +245,19 @@ def _check_semantics(cfg: dict, source) -> None:
     ``Workflow.check_config``; ``bioflow.workflows.validate_config`` runs both)."""
     problems = []
     ndim = cfg["experiment"]["ndim"]
-    if not cfg["data"]["train"] and not cfg["data"]["csv"]:
+    # predict-only (model.checkpoint): no training data; the model keys come from the checkpoint
+    # (bioflow.workflows.validate_config fills them in)
+    trains = not cfg["model"]["checkpoint"]
+    if trains and not cfg["data"]["train"] and not cfg["data"]["csv"]:
         problems.append("data.train: missing; give the training folder (or data.csv for a CSV / .npz)")
-    if len(cfg["data"]["patch_size"]) != ndim:
+    if trains and not cfg["model"]["architecture"]:
+        problems.append("model.architecture: missing; name a registered model (or give model.checkpoint "
+                        "to predict with a trained one)")
+    if trains and len(cfg["data"]["patch_size"]) != ndim:
         problems.append(f"data.patch_size: has {len(cfg['data']['patch_size'])} values but "
                         f"experiment.ndim is {ndim}; give [y, x] in 2D or [z, y, x] in 3D")
     cw = cfg["train"]["class_weights"]
-    if isinstance(cw, list) and len(cw) != cfg["model"]["n_classes"]:
+    if trains and isinstance(cw, list) and len(cw) != cfg["model"]["n_classes"]:
         problems.append(f"train.class_weights: {len(cw)} weights for model.n_classes="
                         f"{cfg['model']['n_classes']}; give one per class or 'auto'")
     if problems:

@@ -121,7 +121,13 @@ class Data(_Section):
 class Model(_Section):
     """model: the network."""
 
-    architecture: str = Field(description="any registered name; an unknown one lists the valid names")
+    architecture: str | None = Field(
+        None, description="any registered name; an unknown one lists the valid names (required unless "
+                          "model.checkpoint is set)")
+    checkpoint: str | None = Field(
+        None, description="a bioflow checkpoint (.ckpt) of an earlier experiment: a predict-only experiment "
+                          "(no training); the model, its classes, channels, patch size, normalization and "
+                          "training-time data settings come from the file")
     n_classes: Int(ge=1) = 2
     multilabel: bool = False
     pretrained: bool = False
@@ -190,6 +196,9 @@ class Inference(_Section):
         True, description="segmentation: also predict whole images without tiling when they fit")
     binarize_threshold: Num(ge=0, le=1) = 0.5
     memory_budget_mb: Num(gt=0) = Field(2048, description="volumes larger than this are processed chunk by chunk")
+    shards: Int(ge=1) = Field(
+        1, description="prediction split over this many jobs (e.g. GPUs of a cluster), merged before metrics; "
+                       "a rerun after a kill skips the images a shard finished")
 
 
 class Postprocess(_Section):
@@ -278,6 +287,37 @@ class Report(_Section):
     max_charts: Int(ge=0) = Field(12, description="charts shown per run")
 
 
+class Author(_Section):
+    """export.authors[]: an author of an exported model."""
+
+    name: str
+    affiliation: str | None = None
+    orcid: str | None = Field(None, description="e.g. 0000-0002-1825-0097")
+
+
+class Cite(_Section):
+    """export.cite[]: a citation of an exported model (text plus a DOI or URL)."""
+
+    text: str
+    doi: str | None = None
+    url: str | None = None
+
+
+class Export(_Section):
+    """export: the trained model as files that run without bioflow."""
+
+    formats: list[Literal["torchscript", "onnx", "bioimageio"]] = Field(
+        [], description="files written per run under <experiment>/export/: TorchScript (model.torchscript.pt), "
+                        "ONNX (model.onnx; needs bioflow[export]), a BioImage Model Zoo package (bioimageio/rdf.yaml; "
+                        "needs torchscript and export.authors), with export.json",
+        json_schema_extra={"uniqueItems": True})
+    name: str | None = Field(None, description="bioimageio: model name (default: made from the workflow)")
+    description: str | None = Field(None, description="bioimageio: one-sentence description")
+    authors: list[Author] = Field([], description="bioimageio: at least one")
+    cite: list[Cite] = Field([], description="bioimageio: how to cite the model / its training data")
+    license: str = Field("CC-BY-4.0", description="bioimageio: SPDX license id of the model")
+
+
 class Config(_Section):
     """bioflow experiment configuration (one YAML per experiment).
 
@@ -296,3 +336,4 @@ class Config(_Section):
     patches: Patches = section(Patches)
     metrics: Metrics = section(Metrics)
     report: Report = section(Report)
+    export: Export = section(Export)

@@ -62,5 +62,8 @@ class Layout:
     def run_dir(self, run_id) -> str:
         return f"{self.root}/results/{self.name}_{run_id}"
 
+    def export_dir(self, run_id) -> str:
+        return f"{self.root}/export/{self.name}_{run_id}"
+
     def best_ckpt(self, run_id) -> str:
         return f"{self.root}/checkpoints/{self.name}_{run_id}-best.ckpt"

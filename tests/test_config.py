@@ -136,7 +136,7 @@ def test_generated_schema_is_a_valid_json_schema_that_agrees_with_validate():
     assert len(list(validator.iter_errors(bad))) == 3
     # every section rejects unknown keys, in the schema as in validate()
     objects = [d for d in config.schema()["$defs"].values() if d.get("type") == "object"]
-    assert len(objects) == 13 and all(d["additionalProperties"] is False for d in objects)
+    assert len(objects) == 16 and all(d["additionalProperties"] is False for d in objects)
 
 
 def _plain(value) -> bool:
@@ -155,7 +155,7 @@ def test_validate_fills_the_callers_dict_in_place_with_plain_values():
     assert train["augmentation"] == {"enabled": True, "flips": False, "rot90": True, "affine": False,
                                      "brightness_contrast": False, "gaussian_noise": False, "probability": 0.5}
     assert set(cfg) == {"experiment", "data", "model", "train", "inference", "postprocess", "patches",
-                        "metrics", "report"}
+                        "metrics", "report", "export"}
     assert _plain(cfg)
     assert config.validate(copy.deepcopy(cfg)) == cfg  # idempotent
 

@@ -121,3 +121,20 @@ def test_outputs_match_a_local_run(slurm_run):
         for key in ("accuracy", "balanced_accuracy", "f1_macro"):
             assert mb[key] == pytest.approx(ma[key], abs=1e-6)
     assert (root / "report.html").is_file()
+
+
+def test_the_bare_profile_name_submits_once_installed(slurm_run, tmp_path):
+    """`bioflow profile install slurm`, then `snakemake --profile slurm` as cluster users type it:
+    Snakemake finds the installed profile (not the checkout's) and submits through SLURM."""
+    from bioflow import cluster_profile
+    from helpers_snakemake import clean_env
+    xdg = tmp_path / "xdg"
+    cluster_profile.install("slurm", partition="cpu", gpu_partition="gpu", root=xdg / "snakemake")
+    workdir = slurm_run["workdir"]
+    known = {j["JobId"] for j in scontrol_jobs()}
+    snakemake(workdir, workdir / "tiny.yaml", "--profile", "slurm", "--forcerun", "metrics", *SLURM_TEST_ARGS,
+              env=clean_env(XDG_CONFIG_HOME=xdg))
+    here = os.path.realpath(workdir)
+    jobs = [j for j in scontrol_jobs() if j["JobId"] not in known and os.path.realpath(j.get("WorkDir", "")) == here]
+    assert Counter(_rule_of(j)[0] for j in jobs) == {"metrics": 2}
+    assert {j["Partition"] for j in jobs} == {"cpu"}

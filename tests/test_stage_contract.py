@@ -26,7 +26,8 @@ BASE = {
 # What never changes a trained model: the test set, how prediction / evaluation / reports run,
 # and how fast training runs.
 NEVER_RETRAIN = ("data.test", "data.test_has_labels", "inference", "postprocess", "metrics", "report",
-                 "train.num_workers", "train.n_sample_images", "experiment.run_ids", "experiment.result_dir")
+                 "train.num_workers", "train.n_sample_images", "experiment.run_ids", "experiment.result_dir",
+                 "export")
 
 
 def full_config(workflow: str) -> dict:

@@ -1,7 +1,7 @@
 """Stage ``predict`` for the classification workflow: checkpoint + test images -> predictions.csv.
 
 The model and its preprocessing come from the checkpoint (its stored config), so only the
-checkpoint and the normalization statistics are needed besides the images. Batched; with
+checkpoint (which carries the normalization statistics) is needed besides the images. Batched; with
 ``inference.tta`` the probabilities are averaged over flips and (square y-x) 90-degree
 rotations.
 
@@ -18,15 +18,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from bioflow.data.augment import predict_tta, tta_flags
 from bioflow.data.classification import ClassificationDataset
 from bioflow.data.manifest import load_manifest
-from bioflow.data.normalization import load_stats
 from bioflow.errors import BioflowError
-from bioflow.io import atomic_path
+from bioflow.inference import shards
 from bioflow.models.checkpoint import load_model_from_checkpoint
 from bioflow.models.device import pick_device
 
@@ -63,10 +61,12 @@ def _display_name(entry: dict, test_root: str | None) -> str:
     return p.name
 
 
-def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> Path:
+def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[int, int] | None = None) -> Path:
+    """``run_dir/predictions.csv`` for the test images; ``shard=(k, n)``: only the k-th of n
+    parts (whole prediction batches), resuming after the batches a killed run finished."""
     model, hp = load_model_from_checkpoint(ckpt_path)
     manifest = load_manifest(manifest_path)
-    stats = load_stats(norm_path)
+    stats = hp["normalization"]  # the training statistics travel with the model
     names = list(hp["class_names"])
     if list(manifest["classes"]) != names and manifest["classes"]:
         raise BioflowError(f"{ckpt_path}: trained on classes {names} but the manifest lists "
@@ -80,41 +80,57 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
     if meta_mean is not None and any(e.get("metadata") is None for e in entries):
         raise BioflowError(f"data.metadata_csv: test images lack metadata; the model {ckpt_path} "
                            f"fuses metadata, add rows for the test images")
+    inf = cfg["inference"]
+    batch = int(inf["batch_size"]) * 4
+    entries = entries[shards.part(len(entries), batch, shard)]
     ds = ClassificationDataset(manifest, entries, stats, train_data_cfg, None, multilabel,
                                meta_mean, hp.get("metadata_std"), len(names))
-    inf = cfg["inference"]
-    loader = torch.utils.data.DataLoader(ds, batch_size=int(inf["batch_size"]) * 4, shuffle=False,
-                                         num_workers=int(cfg["train"]["num_workers"]))
     device = pick_device("predict")
     # TTA uses only the transforms the model was trained with
     flags = tta_flags(hp["cfg"]["train"]["augmentation"]) if inf["tta"] else None
-    probs = predict_proba(model, loader, device, multilabel, flags)
-
     test_root = (manifest.get("data_paths") or {}).get("test")
-    rows = []
-    for e, p in zip(entries, probs):
-        row = {"file": _display_name(e, test_root)}
-        if multilabel:
-            pred = (p >= float(inf["binarize_threshold"])).astype(int)
-            true = e.get("label")
-            row["true_class"] = "" if true is None else ";".join(n for n, t in zip(names, true) if t)
-            row["pred_class"] = ";".join(n for n, t in zip(names, pred) if t)
-            for j, n in enumerate(names):
-                row[f"prob_{n}"] = float(p[j])
-            for j, n in enumerate(names):
-                row[f"pred_{n}"] = int(pred[j])
-            for j, n in enumerate(names):
-                row[f"true_{n}"] = "" if true is None else int(true[j])
-        else:
-            label = e.get("label")
-            row["true_class"] = "" if label is None else names[int(label)]
-            row["pred_class"] = names[int(np.argmax(p))]
-            for j, n in enumerate(names):
-                row[f"prob_{n}"] = float(p[j])
-        rows.append(row)
+
+    def rows_of(items, dataset) -> list[dict]:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False,
+                                             num_workers=int(cfg["train"]["num_workers"]))
+        probs = predict_proba(model, loader, device, multilabel, flags)
+        return [_row(e, p, names, multilabel, test_root, inf) for e, p in zip(items, probs)]
+
     run_dir = Path(run_dir)
+    if shard is None:
+        rows = rows_of(entries, ds)
+    else:  # batch by batch, each recorded once done, so a rerun after a kill resumes
+        records, rows = shards.Records(run_dir), []
+        for i in range(0, len(entries), batch):
+            done = records.get(i)
+            if done is None:
+                done = rows_of(entries[i:i + batch], torch.utils.data.Subset(ds, range(i, min(i + batch, len(ds)))))
+                records.put(i, done)
+            rows += done
     out = run_dir / "predictions.csv"
-    with atomic_path(out) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
+    shards.write_csv(rows, out, float_format="%.6g")
     log.info("predict run %s: %d test images -> %s (tta %s)", run_id, len(rows), out, inf["tta"])
     return out
+
+
+def _row(e: dict, p: np.ndarray, names: list[str], multilabel: bool, test_root, inf) -> dict:
+    """One predictions.csv row (see the module docstring)."""
+    row = {"file": _display_name(e, test_root)}
+    if multilabel:
+        pred = (p >= float(inf["binarize_threshold"])).astype(int)
+        true = e.get("label")
+        row["true_class"] = "" if true is None else ";".join(n for n, t in zip(names, true) if t)
+        row["pred_class"] = ";".join(n for n, t in zip(names, pred) if t)
+        for j, n in enumerate(names):
+            row[f"prob_{n}"] = float(p[j])
+        for j, n in enumerate(names):
+            row[f"pred_{n}"] = int(pred[j])
+        for j, n in enumerate(names):
+            row[f"true_{n}"] = "" if true is None else int(true[j])
+    else:
+        label = e.get("label")
+        row["true_class"] = "" if label is None else names[int(label)]
+        row["pred_class"] = names[int(np.argmax(p))]
+        for j, n in enumerate(names):
+            row[f"prob_{n}"] = float(p[j])
+    return row

@@ -15,7 +15,7 @@ For every test image (BiaPy's output folders, one TIFF per image with the image'
 
 An image whose in-memory footprint exceeds ``memory_budget_mb`` is read and written row-chunk
 by row-chunk (``bioflow.inference.streaming``); the tiling code is the same, so the result equals
-the in-memory one. Needs only the checkpoint and the normalization statistics.
+the in-memory one. Needs only the checkpoint (which carries the normalization statistics).
 
 A killed prediction does not redo finished images: each finished image's files are hard-linked
 into ``run_dir/.predict_done/<key>/`` with its CSV row written last (the marker), and a rerun
@@ -34,17 +34,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import tifffile
 import torch
 
 from bioflow.data.augment import predict_tta, tta_flags
 from bioflow.data.manifest import entries, load_manifest, relative_name
-from bioflow.data.normalization import compute_stats, load_stats, normalize
+from bioflow.data.normalization import compute_stats, normalize
 from bioflow.data.segmentation import check_mask, read_mask, to_channels
 from bioflow.errors import BioflowError
 from bioflow.geometry import pad_indices, pad_min
-from bioflow.inference import streaming, tiling
+from bioflow.inference import shards, streaming, tiling
 from bioflow.io import atomic_path, read_json, write_json
 from bioflow.metrics.segmentation import confusion_counts
 from bioflow.models.checkpoint import load_model_from_checkpoint
@@ -278,8 +277,10 @@ def _subsample_stats(src, channels, path, norm_cfg) -> dict:
     return compute_stats(imgs, norm_cfg["percentiles"], n_images=len(rows))
 
 
-def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> Path:
-    """Stage predict (see the module docstring). Returns the path of ``predictions.csv``."""
+def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[int, int] | None = None) -> Path:
+    """Stage predict (see the module docstring). Returns the path of ``predictions.csv``.
+    ``shard=(k, n)``: only the k-th of n parts of the test images, skipping the images a
+    killed run finished (see :mod:`bioflow.inference.shards`)."""
     run_dir = Path(run_dir)
     manifest = load_manifest(manifest_path)
     test = entries(manifest, "test")
@@ -294,14 +295,15 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
            "data": {**cfg["data"], "normalization": trained["data"]["normalization"],
                     "channels": trained["data"]["channels"]},
            "train": {**cfg["train"], "augmentation": trained["train"]["augmentation"]}}
-    stats = load_stats(norm_path) if norm_path and Path(norm_path).is_file() else hp.get("normalization")
+    stats = hp["normalization"]  # the training statistics travel with the model
     n_classes = int(cfg["model"]["n_classes"])
     use_masks = bool(cfg["data"]["test_has_labels"])
 
     rows, patches = [], []
     t0 = time.time()
+    # one resume mechanism for a whole run and for a shard (run_dir = the shard's working folder)
     done = _done_dir(run_dir, ckpt_path, cfg)
-    for e in test:
+    for e in test[shards.part(len(test), 1, shard)]:
         row = _finished(done, e, run_dir)
         if row is None:
             mask = None
@@ -312,8 +314,7 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
         for p in row.pop("_patches", []):
             patches.append({"file": row["file"], **p})
         rows.append(row)
-    with atomic_path(run_dir / "predictions.csv") as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+    shards.write_csv(rows, run_dir / "predictions.csv")
     if use_masks:  # a declared output whenever the test set has labels (possibly no patches)
         write_json(run_dir / "patch_metrics.json", {"patch_size": cfg["data"]["patch_size"],
                                                       "n_classes": n_classes, "patches": patches})

@@ -1,8 +1,11 @@
-"""Rebuild a trained model from a bioflow checkpoint (the train stage's ``-best.ckpt``).
+"""A bioflow checkpoint (the train stage's ``-best.ckpt``): what it holds, and the model rebuilt from it.
 
-Checkpoints carry ``hyper_parameters`` with at least ``cfg`` (the config sections the model
-was trained with) and ``model_extra`` (keyword arguments of ``build_model``), so the model is
-rebuilt from the file alone. Here, below training, so inference needs no training code.
+The train stage writes ``hyper_parameters`` into every checkpoint: ``cfg`` (the train stage's
+config slice: architecture and its arguments, ``experiment.ndim``, ``data.channels``,
+``data.patch_size``, normalization and the other training-time data settings), ``class_names``,
+``normalization`` (the training statistics), ``model_extra`` (extra ``build_model`` arguments)
+and ``provenance``. Prediction needs nothing else, which is what makes a predict-only experiment
+(``model.checkpoint``) possible. Here, below training, so inference needs no training code.
 """
 
 from __future__ import annotations
@@ -15,15 +18,37 @@ from bioflow.models.registry import build_model
 from bioflow.models.serialization import load_tensors
 
 
+def load(path, what: str = "model.checkpoint") -> dict:
+    """The checkpoint dict, loaded with ``weights_only=True`` (plain data and tensors only: a
+    checkpoint from elsewhere cannot run code; see :mod:`bioflow.models.serialization`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BioflowError(f"{what}: {p} not found; give the path of a bioflow checkpoint "
+                           f"(results/<experiment>/checkpoints/<experiment>_<run_id>-best.ckpt)")
+    ck = load_tensors(p, what)
+    if not isinstance(ck, dict) or "cfg" not in (ck.get("hyper_parameters") or {}):
+        raise BioflowError(f"{what}: {p} is not a bioflow checkpoint (no training config in it); give a "
+                           f"-best.ckpt written by the train stage")
+    return ck
+
+
+def hparams(path, what: str = "model.checkpoint") -> dict:
+    """The ``hyper_parameters`` of a bioflow checkpoint."""
+    return load(path, what)["hyper_parameters"]
+
+
+def describe(hp: dict) -> str:
+    """One line on what a model expects: workflow, ndim, channels, classes."""
+    cfg = hp["cfg"]
+    names = hp.get("class_names") or []
+    return (f"a {cfg['experiment']['ndim']}D {cfg['experiment']['workflow']} model, "
+            f"{cfg['data']['channels']} channel(s), {len(names)} classes {list(names)}")
+
+
 def load_model_from_checkpoint(ckpt_path, map_location="cpu"):
     """(model in eval mode, hyper_parameters) from a checkpoint written by the train stage."""
-    p = Path(ckpt_path)
-    if not p.is_file():
-        raise BioflowError(f"{p}: checkpoint not found; run the train stage first")
-    ck = load_tensors(p, "checkpoint")  # weights_only: bioflow checkpoints hold tensors + plain data
-    hp = ck.get("hyper_parameters") if isinstance(ck, dict) else None
-    if not hp or "cfg" not in hp:
-        raise BioflowError(f"{p}: not a bioflow checkpoint (no cfg in hyper_parameters); retrain")
+    ck = load(ckpt_path, what="predict")
+    hp = ck["hyper_parameters"]
     cfg = copy.deepcopy(hp["cfg"])
     cfg["model"]["weights"] = None  # the checkpoint's own weights follow
     cfg["model"]["pretrained"] = False

@@ -134,12 +134,13 @@ def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> di
         "n_metadata": dm.n_metadata, "metadata_columns": manifest.get("metadata_columns"),
         "metadata_mean": dm.metadata[0] if dm.metadata else None,
         "metadata_std": dm.metadata[1] if dm.metadata else None,
-        "model_extra": {"n_metadata": dm.n_metadata}, "class_counts": counts,
+        "model_extra": {"n_metadata": dm.n_metadata}, "class_counts": counts, "normalization": stats,
         "class_weights": cw, "seed": seed, "bioflow_version": __version__,
     }
     module = BioflowModule(model, loss, cfg["train"], metric_functions(multilabel), hparams)
     log.info("train run %s: %d train / %d val images, classes %s, counts %s, class weights %s, "
              "monitor %s", run_id, len(dm.train_dataset), len(dm.val_dataset), classes, counts,
              None if cw is None else np.round(cw, 3).tolist(), monitor)
-    summary = fit(cfg, run_id, module, dm, ckpt_path, run_dir, monitor=monitor, mode=mode)
+    summary = fit(cfg, run_id, module, dm, ckpt_path, run_dir, monitor=monitor, mode=mode,
+                  manifest_path=manifest_path)
     return summary

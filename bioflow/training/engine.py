@@ -39,8 +39,9 @@ from lightning_fabric.plugins.environments import LightningEnvironment
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+from bioflow import __version__
 from bioflow.errors import BioflowError
-from bioflow.io import atomic_path, write_json, write_text
+from bioflow.io import atomic_path, file_sha256, write_json, write_text
 from bioflow.models.device import pick_device
 from bioflow.models.serialization import load_tensors
 from bioflow.provenance import library_versions
@@ -228,11 +229,29 @@ def _precision(value) -> str:
     return "32-true" if value == "32" else value
 
 
-def _copy_weights_only(src: Path, dst: Path) -> None:
-    """Copy a checkpoint without optimizer / scheduler state (inference needs neither)."""
+# train_summary.json fields a checkpoint keeps as its training record
+PROVENANCE_TRAINING = ("run_id", "seed", "monitor", "best_score", "best_epoch", "epochs_run", "max_epochs",
+                       "stop_reason", "resumed", "wall_time_s", "device", "precision")
+
+
+def provenance(summary: dict, manifest_path=None) -> dict:
+    """Where a model comes from, stored in its checkpoint and every export of it: bioflow and
+    torch versions, the hash of the training config (as for resuming), the hash of the training
+    data manifest (train / val files with their shapes), and the training summary."""
+    return {"bioflow_version": __version__, "torch_version": str(torch.__version__),  # a TorchVersion: not weights_only-safe
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config_hash": summary["config_hash"],
+            "manifest": None if manifest_path is None else str(manifest_path),
+            "manifest_sha256": None if manifest_path is None else file_sha256(manifest_path),
+            "training": {k: summary[k] for k in PROVENANCE_TRAINING}}
+
+
+def _copy_weights_only(src: Path, dst: Path, prov: dict) -> None:
+    """Copy a checkpoint without optimizer / scheduler state (inference needs neither), with
+    its provenance added to the hyper-parameters."""
     ck = load_tensors(src, "checkpoint")
     for k in ("optimizer_states", "lr_schedulers"):
         ck.pop(k, None)
+    ck["hyper_parameters"] = {**ck["hyper_parameters"], "provenance": prov}
     with atomic_path(dst) as tmp:
         torch.save(ck, tmp)
 
@@ -315,11 +334,12 @@ def save_augmented_samples(datamodule, out_dir: Path, n: int, seed: int, class_n
 
 
 def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir,
-        monitor: str = "val_loss", mode: str = "min") -> dict:
+        monitor: str = "val_loss", mode: str = "min", manifest_path=None) -> dict:
     """Train ``module`` on ``datamodule``; returns (and writes) ``run_dir/train_summary.json``.
 
     ``ckpt_path``: the declared best checkpoint ``<root>/checkpoints/<name>_<run_id>-best.ckpt``,
-    written atomically at the end (weights + hyper_parameters, no optimizer state).
+    written atomically at the end (weights + hyper_parameters + :func:`provenance`, no
+    optimizer state). ``manifest_path``: the training manifest, hashed into the provenance.
     """
     tc = cfg["train"]
     ckpt_path, run_dir = Path(ckpt_path), Path(run_dir)
@@ -397,7 +417,6 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     best = ckpt_cb.best_model_path or ckpt_cb.last_model_path or (str(last) if last.is_file() else "")
     if not best or not Path(best).is_file():
         raise BioflowError(f"{work}: training wrote no checkpoint; check train.epochs and the data")
-    _copy_weights_only(Path(best), ckpt_path)
 
     timer = next((c for c in callbacks if isinstance(c, Timer)), None)
     if es is not None and es.stopped_epoch > 0:
@@ -429,5 +448,6 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
         "charts": [str(p) for p in chart_files + sample_files],
         "versions": library_versions(),
     }
+    _copy_weights_only(Path(best), ckpt_path, provenance(summary, manifest_path))
     write_json(run_dir / "train_summary.json", summary)
     return summary

@@ -146,5 +146,6 @@ def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> di
                     "chosen on train_loss")
     monitor = tc["monitor"] or ("val_iou" if val_s else "train_loss")
     mode = "min" if "loss" in monitor else "max"
-    summary = fit(cfg, run_id, module, dm, ckpt_path, run_dir, monitor=monitor, mode=mode)
+    summary = fit(cfg, run_id, module, dm, ckpt_path, run_dir, monitor=monitor, mode=mode,
+                  manifest_path=manifest_path)
     return summary

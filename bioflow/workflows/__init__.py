@@ -7,6 +7,7 @@ everything else asks the workflow object.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -50,10 +51,24 @@ def get(name: str) -> Workflow:
 
 def validate_config(cfg: dict, source="config") -> Workflow:
     """Schema validation (defaults filled in place) plus the workflow's own checks; returns
-    the workflow. What the Snakefile and `bioflow check` call."""
+    the workflow. A predict-only config (``model.checkpoint``) gets the model's keys from the
+    checkpoint here. What the Snakefile and `bioflow check` call."""
+    given = copy.deepcopy(cfg)  # what the user wrote, before defaults
     bfconfig.validate(cfg, source=source)
     wf = get(cfg["experiment"]["workflow"])
-    problems = wf.check_config(cfg)
+    problems = wf.from_checkpoint(cfg, given) if cfg["model"]["checkpoint"] else []
+    if cfg["export"]["formats"] and not wf.runs("export", cfg):
+        problems.append(f"export.formats: the {wf.name} workflow has no trained model to export yet; "
+                        f"remove export.formats")
+    if cfg["inference"]["shards"] > 1 and "predict_shard" not in wf.all_stages():
+        problems.append(f"inference.shards: the {wf.name} workflow predicts in one job; remove inference.shards")
+    if "bioimageio" in cfg["export"]["formats"]:
+        if "torchscript" not in cfg["export"]["formats"]:
+            problems.append("export.formats: bioimageio packages the TorchScript weights; add torchscript")
+        if not cfg["export"]["authors"]:
+            problems.append("export.authors: a bioimageio package needs at least one author "
+                            "(export.authors: [{name: ...}])")
+    problems += wf.check_config(cfg)
     if problems:
         raise BioflowError(f"{source}: invalid config", problems)
     return wf
@@ -80,6 +95,9 @@ def run_stage(snakemake, stage_name: str) -> None:
         wf = get(params.pop("workflow"))
         tracked, runtime = params.pop("cfg"), params.pop("runtime", None)
         run_id = getattr(snakemake.wildcards, "run_id", None)
+        shard = getattr(snakemake.wildcards, "shard", None)
+        if shard is not None:  # predict_shard: which part of how many
+            params["shard"] = [int(shard), int(tracked["inference"]["shards"])]
         job = Job(input=dict(snakemake.input.items()), output=dict(snakemake.output.items()),
                   params=params, run_id=None if run_id is None else int(run_id), threads=threads)
         wf.run(stage_name, tracked, runtime.value if runtime is not None else {}, job)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -39,6 +40,14 @@ log = logging.getLogger(__name__)
 # The stages every workflow has, in DAG order; a workflow adds its own (csv_to_folders,
 # patch_dataset, postprocess) by defining a method decorated with @stage.
 COMMON_STAGES = ("validate_train", "validate_test", "norm_stats", "train", "predict", "metrics", "report")
+# Stages a predict-only experiment (model.checkpoint) leaves out: the model exists already.
+TRAINING_STAGES = ("validate_train", "norm_stats", "train")
+# export.formats -> file name in the run's export folder (beside export.json)
+EXPORT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "bioimageio": "bioimageio/rdf.yaml"}
+# Keys of the train stage's slice that say where the training data was, not what the model is:
+# a predict-only experiment keeps its own (its data is the test set).
+TRAINING_DATA_KEYS = ("data.train", "data.val", "data.val_split", "data.csv", "data.metadata_csv",
+                      "experiment.split_seed", "model.checkpoint")
 
 
 def stage(*keys: str, runtime: tuple[str, ...] = ()) -> Callable:
@@ -80,7 +89,7 @@ class Workflow:
         "predict": ("inference.batch_size",),
     }
     # stages whose results depend on the code: a new bioflow version reruns them
-    code_versioned: ClassVar[tuple[str, ...]] = ("train", "predict", "postprocess", "metrics", "report")
+    code_versioned: ClassVar[tuple[str, ...]] = ("train", "predict", "postprocess", "metrics", "report", "export")
 
     # --- the interface the Snakefile uses ----------------------------------------------
 
@@ -90,14 +99,24 @@ class Workflow:
 
     def all_stages(self) -> list[str]:
         names = [n for n in dir(type(self)) if hasattr(getattr(type(self), n), "stage_keys")]
-        order = {s: i for i, s in enumerate(("csv_to_folders",) + COMMON_STAGES[:3] + ("patch_dataset", "patch_features", "patch_head")
-                                            + COMMON_STAGES[3:5] + ("postprocess",) + COMMON_STAGES[5:])}
+        if "train" not in names:  # nothing to shard or export without a trained bioflow model
+            names = [n for n in names if n not in ("predict_shard", "export")]
+        order = {s: i for i, s in enumerate(("csv_to_folders",) + COMMON_STAGES[:3]
+                                            + ("patch_dataset", "patch_features", "patch_head")
+                                            + COMMON_STAGES[3:4] + ("predict_shard",) + COMMON_STAGES[4:5]
+                                            + ("postprocess",) + COMMON_STAGES[5:])}
         return sorted(names, key=lambda n: order.get(n, len(order)))
 
     def runs(self, stage_name: str, cfg: dict) -> bool:
         """Whether the experiment needs ``stage_name`` (override for optional stages)."""
         if stage_name not in self.all_stages():
             return False
+        if stage_name in TRAINING_STAGES and self.predict_only(cfg):
+            return False
+        if stage_name == "export":
+            return bool(cfg["export"]["formats"])
+        if stage_name == "predict_shard":
+            return self.runs("predict", cfg) and self.sharded(cfg)
         if stage_name in ("validate_test", "predict", "metrics", "report"):
             return self.has_test(cfg)
         return True
@@ -105,11 +124,70 @@ class Workflow:
     def has_test(self, cfg: dict) -> bool:
         return bool(cfg["data"]["test"])
 
+    def sharded(self, cfg: dict) -> bool:
+        """Prediction split over ``inference.shards`` jobs (scatter / gather)."""
+        return cfg["inference"]["shards"] > 1
+
+    def predict_only(self, cfg: dict) -> bool:
+        """A predict-only experiment: ``model.checkpoint`` names the trained model (no training)."""
+        return bool(cfg["model"]["checkpoint"])
+
+    def checkpoint_keys(self, cfg: dict) -> list[str]:
+        """Leaf keys a predict-only experiment takes from its checkpoint: the train stage's
+        tracked slice (what the model is and how its inputs were prepared) minus where the
+        training data was."""
+        def leaves(d, prefix=""):
+            for k, v in d.items():
+                if isinstance(v, dict) and v and not k.endswith("kwargs"):
+                    yield from leaves(v, f"{prefix}{k}.")
+                else:
+                    yield f"{prefix}{k}"
+        return [k for k in leaves(self.params("train", cfg))
+                if not any(k == d or k.startswith(d + ".") for d in TRAINING_DATA_KEYS)]
+
+    def from_checkpoint(self, cfg: dict, given: dict) -> list[str]:
+        """Predict-only: fill the checkpoint's keys (:meth:`checkpoint_keys`) into ``cfg`` in
+        place from the config the model was trained with; a model / data key the user ``given``
+        with another value is a problem (returned), as is a workflow without a predict stage."""
+        from bioflow.models import checkpoint  # torch: only for predict-only experiments
+
+        path = cfg["model"]["checkpoint"]
+        if "train" not in self.all_stages():
+            return [f"model.checkpoint: the {self.name} workflow does not predict from a bioflow checkpoint; "
+                    f"remove model.checkpoint"]
+        problems = []
+        if len(cfg["experiment"]["run_ids"]) != 1:
+            problems.append(f"experiment.run_ids: a predict-only experiment has one model (model.checkpoint); "
+                            f"give one run id, not {cfg['experiment']['run_ids']}")
+        trained = checkpoint.hparams(path)["cfg"]
+        if trained["experiment"]["workflow"] != self.name:
+            return problems + [f"experiment.workflow: {self.name!r} but model.checkpoint {path} holds a "
+                               f"{trained['experiment']['workflow']!r} model; set experiment.workflow: "
+                               f"{trained['experiment']['workflow']}"]
+        for key in self.checkpoint_keys(cfg):
+            *parents, last = key.split(".")
+            src, dst, user = trained, cfg, given
+            for p in parents:
+                src, dst = src.get(p, {}), dst[p]
+                user = user.get(p, {}) if isinstance(user, dict) else {}
+            if last not in src:  # a key newer than the checkpoint: the schema default stands
+                continue
+            # train.* only say how the model was trained (an edited copy of the training config
+            # may differ there): taken from the checkpoint without complaint
+            if isinstance(user, dict) and last in user and dst[last] != src[last] and parents[:1] != ["train"]:
+                problems.append(f"{key}: {dst[last]!r} but the model of model.checkpoint {path} was trained "
+                                f"with {src[last]!r}; remove {key} (a predict-only experiment takes it from "
+                                f"the checkpoint)")
+            dst[last] = src[last]
+        return problems
+
     def keys(self, stage_name: str) -> tuple[str, ...]:
+        if stage_name == "predict_shard":  # a part of predict: its keys
+            return self.keys("predict")
         return self._method(stage_name).stage_keys + self.extra_keys.get(stage_name, ())
 
     def runtime_keys(self, stage_name: str) -> tuple[str, ...]:
-        return self._method(stage_name).stage_runtime
+        return self._method("predict" if stage_name == "predict_shard" else stage_name).stage_runtime
 
     def params(self, stage_name: str, cfg: dict) -> dict:
         """The stage's tracked config slice, for the rule's ``params: cfg=``: its keys minus its
@@ -124,6 +202,9 @@ class Workflow:
         """Run a stage on its slice alone (what every script does)."""
         cfg = StageConfig(deep_update(tracked, runtime), stage_name)
         try:
+            if stage_name == "predict" and "shards" in job.input:  # the gather of a sharded prediction
+                from bioflow.inference import shards  # pandas: kept out of `snakemake -n`
+                return shards.gather(job.input["shards"], job.params["run_dir"], job.output)
             return self._method(stage_name)(self, cfg, job)
         except BioflowError:
             raise
@@ -153,9 +234,12 @@ class Workflow:
 
     def targets(self, cfg: dict, layout: Layout) -> list[str]:
         """Final files of the experiment (``rule all``)."""
-        if not self.has_test(cfg):
-            return [layout.best_ckpt(r) for r in cfg["experiment"]["run_ids"]] + [layout.config_copy]
-        return [layout.report, layout.config_copy]
+        runs = cfg["experiment"]["run_ids"]
+        exports = [f for r in runs for f in self.job("export", cfg, r).output.values()] if self.runs("export", cfg) else []
+        if not self.has_test(cfg):  # the trained models (none to make in a predict-only experiment)
+            trained = [] if self.predict_only(cfg) else [layout.best_ckpt(r) for r in runs]
+            return trained + [layout.config_copy] + exports
+        return [layout.report, layout.config_copy] + exports
 
     def outputs(self, stage_name: str, cfg: dict) -> dict[str, str]:
         """Files a per-run stage writes besides its main output, relative to the run folder,
@@ -204,6 +288,8 @@ class Workflow:
         ck.min_size = self.min_size(cfg)
         roots = validate.resolve_roots(ck, cfg, validate.PARTS[part], job.input.get("folders"))
         classes = None
+        if "ckpt" in job.input:  # predict-only: the model's classes
+            return self._validate_for_checkpoint(cfg, job, ck, roots)
         if part == "test":
             train_root = validate.resolve_roots(validate.Checker(cfg, self.has_masks), cfg, ("train",),
                                                 job.input.get("folders")).get("train")
@@ -217,6 +303,23 @@ class Workflow:
         write_json(job.output["manifest"], manifest)
         for split in validate.PARTS[part]:
             log.info("validate_%s %s: %s", part, split, manifest["counts"].get(split))
+        return manifest
+
+    def _validate_for_checkpoint(self, cfg, job, ck, roots) -> dict:
+        """validate_test of a predict-only experiment: the test data against the checkpoint's
+        classes (channels and ndim are the checkpoint's already, see :meth:`from_checkpoint`);
+        a misfit is one error naming the checkpoint, before any prediction."""
+        from bioflow.models import checkpoint  # torch: only for predict-only experiments
+        hp = checkpoint.hparams(job.input["ckpt"])
+        try:
+            classes, splits, extra = self.scan(ck, cfg, roots, list(hp["class_names"]))
+            manifest = validate.assemble(ck, cfg, "test", roots, list(hp["class_names"]), splits, extra,
+                                         workflow=self.name, masks=self.has_masks, stratify=False)
+        except BioflowError as exc:
+            raise BioflowError(f"model.checkpoint: {job.input['ckpt']} ({checkpoint.describe(hp)}) does not "
+                               f"fit the test data", exc.problems or [str(exc)]) from None
+        write_json(job.output["manifest"], manifest)
+        log.info("validate_test test: %s", manifest["counts"].get("test"))
         return manifest
 
     def validate_dataset(self, cfg: dict, prepared: str | Path) -> tuple[dict, dict | None]:
@@ -242,18 +345,24 @@ class Workflow:
         return self.run(stage_name, self.params(stage_name, cfg),
                         slice_config(cfg, self.runtime_keys(stage_name)), job)
 
-    def job(self, stage_name: str, cfg: dict, run_id: int | str | None = None) -> Job:
+    def job(self, stage_name: str, cfg: dict, run_id: int | str | None = None,
+            shard: int | str | None = None) -> Job:
         """The named inputs, outputs and path params of a stage: what its rule declares (the
         rules build themselves from this, with ``run_id="{run_id}"``) and what a Python caller
-        passes. Names ending in ``_dir`` are folders."""
+        passes. Names ending in ``_dir`` are folders. ``shard``: of ``predict_shard`` (``"{shard}"``
+        in the rule)."""
         lay = Layout.of(cfg)
         rd = lay.run_dir(run_id) if run_id is not None else None
         runs = cfg["experiment"]["run_ids"]
         folders = {"folders": lay.folders} if self.runs("csv_to_folders", cfg) else {}
+        # predict-only: the given checkpoint instead of the train stage's
+        given = cfg["model"]["checkpoint"]
+        ckpt = given or lay.best_ckpt(run_id)
+        trained = {"ckpt": given} if given else {}
         io = {
             "csv_to_folders": ({"csv": cfg["data"]["csv"]}, {"folders_dir": lay.folders}, {}),
             "validate_train": (folders, {"manifest": lay.manifest_train}, {}),
-            "validate_test": (folders, {"manifest": lay.manifest_test}, {}),
+            "validate_test": ({**folders, **trained}, {"manifest": lay.manifest_test}, {}),
             "norm_stats": ({"manifest": lay.manifest_train},
                            {"json": lay.norm_json, "mean": f"{lay.prepared}/norm_mean.npy",
                             "std": f"{lay.prepared}/norm_std.npy"}, {}),
@@ -261,16 +370,29 @@ class Workflow:
             "train": ({"manifest": lay.manifest_train, "norm": lay.norm_json},
                       {"ckpt": lay.best_ckpt(run_id), "summary": f"{rd}/train_summary.json",
                        "charts_dir": f"{rd}/charts"}, {"run_dir": rd}),
-            "predict": ({"ckpt": lay.best_ckpt(run_id), "manifest": lay.manifest_test, "norm": lay.norm_json},
+            "predict": (({"shards": [f"{rd}/predict_shards/shard_{k}.csv" for k in range(cfg["inference"]["shards"])]}
+                         if self.sharded(cfg) else {"ckpt": ckpt, "manifest": lay.manifest_test}),
                         {"csv": f"{rd}/predictions.csv"}, {"run_dir": rd}),
+            # one part of a sharded prediction, in a working folder beside its declared table
+            "predict_shard": ({"ckpt": ckpt, "manifest": lay.manifest_test},
+                              {"csv": f"{rd}/predict_shards/shard_{shard}.csv"},
+                              {"run_dir": f"{rd}/predict_shards/shard_{shard}",
+                               **({"shard": [int(shard), cfg["inference"]["shards"]]}
+                                  if isinstance(shard, int) or str(shard).isdigit() else {})}),
             "postprocess": ({"per_image": f"{rd}/per_image"}, {"post_dir": f"{rd}/full_post_processing"}, {}),
             "metrics": ({"predictions": f"{rd}/predictions.csv", "manifest": lay.manifest_test,
                          **({"post": f"{rd}/full_post_processing"} if self.runs("postprocess", cfg) else {})},
                         {"json": f"{rd}/metrics.json"}, {}),
+            "export": ({"ckpt": ckpt},
+                       {**{fmt: f"{lay.export_dir(run_id)}/{EXPORT_FILES[fmt]}" for fmt in cfg["export"]["formats"]},
+                        "info": f"{lay.export_dir(run_id)}/export.json"}, {"out_dir": lay.export_dir(run_id)}),
             "report": ({"metrics": [f"{lay.run_dir(r)}/metrics.json" for r in runs],
-                        "summaries": [f"{lay.run_dir(r)}/train_summary.json" for r in runs],
+                        **({"summaries": [f"{lay.run_dir(r)}/train_summary.json" for r in runs]}
+                           if not self.predict_only(cfg) else {}),  # no training in a predict-only run
                         "config": lay.config_copy,
-                        "manifests": [lay.manifest_train, lay.manifest_test]},
+                        # what validation adapted (named in the report); no training part when predict-only
+                        "manifests": ([lay.manifest_test] if self.predict_only(cfg)
+                                      else [lay.manifest_train, lay.manifest_test])},
                        {"html": lay.report}, {"run_dirs": [lay.run_dir(r) for r in runs]}),
         }
         inputs, outputs, params = io.get(stage_name) or self.stage_io(stage_name, cfg, lay, run_id)
@@ -328,8 +450,21 @@ class Workflow:
                           self.report_sections(cfg, run_dirs),
                           manifests=job.input["manifests"])
 
+    @stage()  # the keys of predict (see keys())
+    def predict_shard(self, cfg: StageConfig, job: Job) -> Path:
+        """A part of predict (``inference.shards`` > 1) in its working folder; its table, moved
+        last, is the declared output (see bioflow.inference.shards)."""
+        os.replace(self._method("predict")(self, cfg, job), job.output["csv"])
+        return Path(job.output["csv"])
+
+    @stage("export")
+    def export(self, cfg: StageConfig, job: Job) -> dict:
+        """The trained model as TorchScript / ONNX files with export.json (see bioflow.export)."""
+        from bioflow import export  # torch: kept out of `snakemake -n`
+        return export.run(cfg, job.input["ckpt"], job.output, job.params["out_dir"])
+
     @stage("experiment", "data", "model", "train", "inference", "postprocess", "patches", "metrics",
-           "report")
+           "report", "export")
     def save_config(self, cfg: StageConfig, job: Job) -> None:
         """The validated config (defaults filled in) next to the results, as BiaPy keeps it."""
         import yaml

@@ -113,7 +113,7 @@ class Classification(Workflow):
     def predict(self, cfg: StageConfig, job: Job) -> Path:
         from bioflow.inference import classification  # torch: kept out of `snakemake -n`
         return classification.predict(cfg, job.run_id, job.input["ckpt"], job.input["manifest"],
-                                      job.input["norm"], job.params["run_dir"])
+                                      job.params["run_dir"], job.params.get("shard"))
 
     @stage("data.test_has_labels", "model.multilabel", "metrics")
     def metrics(self, cfg: StageConfig, job: Job) -> dict:

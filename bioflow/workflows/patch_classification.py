@@ -94,8 +94,8 @@ class PatchClassification(Workflow):
                     "confusion": "confusion_matrix.png", "overlays_dir": "overlays"}
         return {}
 
-    def job(self, stage_name, cfg, run_id=None):
-        job = super().job(stage_name, cfg, run_id)
+    def job(self, stage_name, cfg, run_id=None, shard=None):
+        job = super().job(stage_name, cfg, run_id, shard)
         lay = Layout.of(cfg)
         info = f"{lay.patches}/info.json"
         rd = lay.run_dir(run_id) if run_id is not None else None
@@ -105,8 +105,6 @@ class PatchClassification(Workflow):
                                           if self.predict_only(cfg) else own)}
         elif stage_name == "metrics":
             job.input = {"info": info, "predictions": f"{rd}/predictions.csv"}
-        elif stage_name == "report" and self.predict_only(cfg):
-            job.input.pop("summaries")  # no training in a predict-only run
         return job
 
     def stage_io(self, stage_name, cfg, lay, run_id):

@@ -112,7 +112,7 @@ class SemanticSegmentation(Workflow):
     def predict(self, cfg: StageConfig, job: Job) -> Path:
         from bioflow.inference import segmentation  # torch: kept out of `snakemake -n`
         return segmentation.predict(cfg, job.run_id, job.input["ckpt"], job.input["manifest"],
-                                    job.input["norm"], job.params["run_dir"])
+                                    job.params["run_dir"], job.params.get("shard"))
 
     @stage("experiment.ndim", "postprocess")
     def postprocess(self, cfg: StageConfig, job: Job):

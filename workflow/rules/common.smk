@@ -44,17 +44,17 @@ def stage_params(stage, **extra):
                 **versioned, **extra)
 
 
-def inputs(stage, run_id="{run_id}"):
+def inputs(stage, run_id="{run_id}", shard="{shard}"):
     """Named inputs of a stage, from its workflow (``Workflow.job``: one source of truth for
     the paths, shared with Python callers)."""
-    return WF.job(stage, config, run_id).input
+    return WF.job(stage, config, run_id, shard).input
 
 
-def outputs(stage, run_id="{run_id}", reports=None):
+def outputs(stage, run_id="{run_id}", reports=None, shard="{shard}"):
     """Named outputs of a stage; ``*_dir`` names are folders; ``reports``: name -> arguments
     of ``report()`` for the files `snakemake --report` shows."""
     out = {}
-    for name, path in WF.job(stage, config, run_id).output.items():
+    for name, path in WF.job(stage, config, run_id, shard).output.items():
         path = directory(path) if name.endswith("_dir") else path
         if reports and name in reports:
             path = report(path, **reports[name])
@@ -62,9 +62,9 @@ def outputs(stage, run_id="{run_id}", reports=None):
     return out
 
 
-def paths(stage, run_id="{run_id}"):
+def paths(stage, run_id="{run_id}", shard="{shard}"):
     """Path params of a stage (run folder, ...)."""
-    return WF.job(stage, config, run_id).params
+    return WF.job(stage, config, run_id, shard).params
 
 
 def existing(named):

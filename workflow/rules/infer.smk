@@ -1,5 +1,29 @@
 # Inference (tiled for segmentation) and post-processing.
 
+if "predict_shard" in STAGES:
+
+    # inference.shards > 1: each shard predicts a part of the test set (a GPU job each); the
+    # predict rule below then gathers them (a local job: hard links and one table)
+    rule predict_shard:
+        input:
+            **inputs("predict_shard"),
+        output:
+            **outputs("predict_shard"),
+        params:
+            **stage_params("predict_shard", **paths("predict_shard")),
+        conda:
+            "../../environment.yml"
+        log:
+            f"{LOGS}/predict_{{run_id}}_shard_{{shard}}.log",
+        benchmark:
+            f"{L.root}/benchmarks/predict_{{run_id}}_shard_{{shard}}.tsv"
+        threads: ALL_CORES
+        resources:
+            gpu=1,
+        script:
+            "../scripts/predict_shard.py"
+
+
 if "predict" in STAGES:
 
     rule predict:
@@ -16,9 +40,9 @@ if "predict" in STAGES:
             f"{LOGS}/predict_{{run_id}}.log",
         benchmark:
             f"{L.root}/benchmarks/predict_{{run_id}}.tsv"
-        threads: ALL_CORES
+        threads: 1 if "predict_shard" in STAGES else ALL_CORES
         resources:
-            gpu=1,
+            gpu=0 if "predict_shard" in STAGES else 1,
         script:
             "../scripts/predict.py"
 
