@@ -30,7 +30,9 @@ def test_rerun_after_interruption_predicts_only_the_rest(make_cfg, dsb_folders, 
     torch.manual_seed(0)
     model = build_model(cfg)
     ckpt = tmp_path / "model.ckpt"
-    torch.save({"hyper_parameters": {"cfg": cfg},
+    from bioflow.data.normalization import load_stats
+    stats = load_stats(lay.norm_json)  # checkpoints carry the training statistics
+    torch.save({"hyper_parameters": {"cfg": cfg, "normalization": stats},
                 "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
 
     real = segmentation.predict_image
@@ -44,7 +46,7 @@ def test_rerun_after_interruption_predicts_only_the_rest(make_cfg, dsb_folders, 
     monkeypatch.setattr(segmentation, "predict_image", counting)
 
     def run(run_dir):
-        return segmentation.predict(cfg, 1, ckpt, lay.manifest_test, lay.norm_json, run_dir)
+        return segmentation.predict(cfg, 1, ckpt, lay.manifest_test, run_dir)
 
     reference = tmp_path / "reference"
     kill = [False]
