@@ -101,7 +101,7 @@ def test_3d_end_to_end(make_cfg, tmp_path, resize):
                    train={**FAST_TRAIN, "epochs": 2}, inference={"tta": True}, metrics={"bootstrap": 10})
     summary, pred, m, rd, _ = _run_all(cfg)
     assert summary["epochs_run"] == 2 and len(pred) == 4
-    assert list(pred.columns) == ["file", "true_class", "pred_class", "prob_a", "prob_b"]
+    assert list(pred.columns) == ["file", "true_class", "pred_class", "prob_a", "prob_b", "precision"]
     assert m["labels_available"] and m["confusion_matrix"] and len(m["confusion_matrix"]) == 2
 
 
