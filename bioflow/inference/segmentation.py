@@ -365,7 +365,7 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, norm_path, run_dir) -> 
     prog.close()
     with atomic_path(run_dir / "predictions.csv") as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
-    if use_masks:  # a declared output whenever the test set has labels (possibly no patches)
+    if use_masks and cfg["inference"]["patch_metrics"] != "off":  # declared output (possibly no patches)
         write_json(run_dir / "patch_metrics.json", {"patch_size": cfg["data"]["patch_size"],
                                                       "n_classes": n_classes, "patches": patches,
                                                       "source": cfg["inference"]["patch_metrics"]})
