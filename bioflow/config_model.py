@@ -141,6 +141,17 @@ class Model(_Section):
     kwargs: dict[str, Any] = Field({}, description="extra keyword arguments passed to the model constructor")
 
 
+Precision = Literal["auto", "32", "bf16", "16"]
+PRECISION_HELP = ("auto: bf16 on CPUs with native bf16 and on GPUs that support it, 16 (with a gradient "
+                  "scaler) on older GPUs, 32 elsewhere")
+# the values before one policy served training and inference (Lightning's names)
+_OLD_PRECISION = {"32-true": "32", "16-mixed": "16", "bf16-mixed": "bf16", 32: "32", 16: "16"}
+
+
+def _migrate_precision(v):
+    return _OLD_PRECISION.get(v, v)
+
+
 class Augmentation(_Section):
     """train.augmentation: random transforms of training samples."""
 
@@ -175,12 +186,19 @@ class Train(_Section):
         None, description="validation metric for best checkpoint / early stopping (default: per workflow)")
     max_time_minutes: Num(gt=0) | None = Field(None, description="stop training after this wall time")
     steps_per_epoch: Int(ge=1) | None = None
-    num_workers: Int(ge=0) = 0
-    precision: Literal["32", "16-mixed", "bf16-mixed", "auto"] = "auto"
+    num_workers: Literal["auto"] | Int(ge=0) = Field(
+        "auto", description="data loader processes; auto: from the cores the job has (0 on a CPU job with "
+                            "fewer than 4 cores, where loading in the main process is fastest)")
+    precision: Precision = Field("auto", description=PRECISION_HELP)
     devices: Literal["auto"] | Int(ge=1) = "auto"
     strategy: str = "auto"
     n_sample_images: Int(ge=0) = 4
     augmentation: Augmentation = section(Augmentation)
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _old_precision(cls, v):
+        return _migrate_precision(v)
 
 
 class Inference(_Section):
@@ -190,15 +208,26 @@ class Inference(_Section):
     padding: Int(ge=0) = Field(16, description="context pixels discarded at tile borders")
     blending: Literal["gaussian", "constant"] = "gaussian"
     tta: bool = False
+    precision: Precision = Field("auto", description=PRECISION_HELP)
     argmax: bool = True
     batch_size: Int(ge=1) = 8
     full_image: bool = Field(
-        True, description="segmentation: also predict whole images without tiling when they fit")
+        False, description="segmentation: also predict whole images without tiling when they fit (a second "
+                           "forward pass per image)")
+    patch_metrics: Literal["tiled", "independent", "off"] = Field(
+        "tiled", description="segmentation, test masks known: per-patch TP/FP/FN on non-overlapping patch_size "
+                             "patches, scored on the tiled prediction (no extra pass) or by an independent "
+                             "forward pass per patch (BiaPy's per_patch)")
     binarize_threshold: Num(ge=0, le=1) = 0.5
     memory_budget_mb: Num(gt=0) = Field(2048, description="volumes larger than this are processed chunk by chunk")
     shards: Int(ge=1) = Field(
         1, description="prediction split over this many jobs (e.g. GPUs of a cluster), merged before metrics; "
                        "a rerun after a kill skips the images a shard finished")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _old_precision(cls, v):
+        return _migrate_precision(v)
 
 
 class Postprocess(_Section):

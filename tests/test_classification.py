@@ -44,7 +44,8 @@ def test_2d_end_to_end_predictions_and_metrics(make_cfg, pneumonia_folders):
                    train=FAST_TRAIN, inference={"tta": True}, metrics={"bootstrap": 20})
     summary, pred, m, rd, ckpt = _run_all(cfg)
     assert summary["monitor"] == "val_auc" and summary["epochs_run"] == 1
-    assert list(pred.columns) == ["file", "true_class", "pred_class", "prob_normal", "prob_pneumonia"]
+    assert list(pred.columns) == ["file", "true_class", "pred_class", "prob_normal", "prob_pneumonia", "precision"]
+    assert set(pred["precision"].astype(str)) <= {"32", "bf16"}  # the policy the model ran at
     assert len(pred) == 6 and set(pred["true_class"]) == {"normal", "pneumonia"}
     assert pred["file"].str.startswith(("normal/", "pneumonia/")).all()
     np.testing.assert_allclose(pred[["prob_normal", "prob_pneumonia"]].sum(axis=1), 1.0, atol=1e-5)
@@ -100,7 +101,7 @@ def test_3d_end_to_end(make_cfg, tmp_path, resize):
                    train={**FAST_TRAIN, "epochs": 2}, inference={"tta": True}, metrics={"bootstrap": 10})
     summary, pred, m, rd, _ = _run_all(cfg)
     assert summary["epochs_run"] == 2 and len(pred) == 4
-    assert list(pred.columns) == ["file", "true_class", "pred_class", "prob_a", "prob_b"]
+    assert list(pred.columns) == ["file", "true_class", "pred_class", "prob_a", "prob_b", "precision"]
     assert m["labels_available"] and m["confusion_matrix"] and len(m["confusion_matrix"]) == 2
 
 

@@ -33,7 +33,8 @@ def test_train_predict_postprocess_metrics(make_cfg, dsb_folders, nuclei3d_folde
                           "residual": ndim == 3},
                    train={"epochs": 2, "steps_per_epoch": 2, "batch_size": 2, "loss": "ce_dice", "lr": 1e-3,
                           "n_sample_images": 1},
-                   inference={"padding": 4, "overlap": 0.25, "tta": ndim == 2, "batch_size": 4},
+                   inference={"padding": 4, "overlap": 0.25, "tta": ndim == 2, "batch_size": 4, "full_image": True,
+                              "patch_metrics": "independent" if ndim == 2 else "tiled"},
                    postprocess={"z_filter": 3, "yz_filter": 0})
     root = _prepare(cfg)
     rd = Path(Layout.of(cfg).run_dir(1))
@@ -53,6 +54,10 @@ def test_train_predict_postprocess_metrics(make_cfg, dsb_folders, nuclei3d_folde
             gt = tifffile.imread(data / "test" / "y" / name)
             assert out.shape == gt.shape and out.dtype == np.uint8 and out.max() <= 1
     assert (rd / "patch_metrics.json").is_file()
+    # the passes that ran, and the precision policy, are in the table
+    expected = "tiled+whole+patches" if ndim == 2 else "tiled+whole"
+    assert set(table["passes"]) <= {expected, "tiled"} and expected in set(table["passes"])
+    assert set(table["precision"]) <= {"32", "bf16"}
 
     call(cfg, "postprocess", 1)
     m = call(cfg, "metrics", 1)
@@ -64,6 +69,7 @@ def test_train_predict_postprocess_metrics(make_cfg, dsb_folders, nuclei3d_folde
             assert {"foreground", "class_0", "class_1", "foreground_pooled"} <= set(level)
             assert level["foreground"] is None or 0 <= level["foreground"] <= 1
     assert m["iou"]["per_image"]["n"] == len(test_names)
+    assert saved["per_patch_source"] == ("independent" if ndim == 2 else "tiled")
     per_image = pd.read_csv(rd / "metrics_per_image.csv")
     assert len(per_image) == len(test_names) and "per_image_iou_foreground" in per_image
     # the report: shared tables plus the workflow's own section (per-image IoU, worst first)
@@ -89,6 +95,7 @@ def test_unlabelled_test_set(make_cfg, dsb_folders):
     assert not (rd / "patch_metrics.json").exists()
     table = pd.read_csv(rd / "predictions.csv")
     assert set(table["full_image_mode"]) == {"off"} and not (rd / "full_image").exists()
+    assert set(table["passes"]) == {"tiled"}  # one forward pass per tile
     probs = tifffile.imread(rd / "per_image" / table["file"][0])
     assert probs.dtype == np.float32 and probs.shape[-1] == 2 and np.allclose(probs.sum(-1), 1, atol=1e-4)
     assert call(cfg, "metrics", 1) == {"run_id": 1, "n_classes": 2, "n_test_images": len(table),
@@ -103,14 +110,6 @@ def test_patch_size_must_fit_the_model(make_cfg, dsb_folders):
     _prepare(cfg)
     with pytest.raises(BioflowError, match="data.patch_size"):
         call(cfg, "train", 1)
-
-
-def test_precision_auto_resolution():
-    from bioflow.training.segmentation import resolve_precision
-    explicit = {"train": {"precision": "32"}}
-    assert resolve_precision(explicit) is explicit
-    auto = resolve_precision({"train": {"precision": "auto"}})
-    assert auto["train"]["precision"] in ("auto", "bf16-mixed")
 
 
 def test_validation_iou_is_the_metrics_stage_iou():

@@ -211,3 +211,25 @@ def test_last_checkpoint_written_every_epoch_even_without_improvement(tmp_path):
     _run(tmp_path, cfg)
     last = torch.load(tmp_path / "toy" / "checkpoints" / "toy_1" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 2
+
+
+@pytest.mark.parametrize("prec", ["32", "bf16"])
+def test_precision_policy_progress_lines_and_data_wait_in_summary(tmp_path, caplog, monkeypatch, prec):
+    import logging
+    from bioflow import progress
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)  # a line every step
+    cfg = _cfg(tmp_path, precision=prec, n_sample_images=0)
+    with caplog.at_level(logging.INFO):
+        s = _run(tmp_path, cfg)
+    p = s["precision"]
+    assert p["requested"] == prec and p["precision"] == prec and p["device"] == "cpu" and p["channels_last"]
+    t = s["throughput"]
+    assert 0 <= t["data_wait_share"] <= 1 and t["items_per_s"] > 0 and t["step_compute_s"] > 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train: ")]
+    steps = [m for m in lines if " step " in m]
+    assert len(steps) >= 8  # 2 epochs x 4 steps
+    assert "epoch 2/2 step 4/4" in steps[-1] and "items/s" in steps[-1] and "train_loss" in steps[-1]
+    assert "ETA" in steps[-1]
+    assert sum(" done " in m for m in lines) == 2  # one line per validated epoch, with val_acc
+    assert any("val_acc" in m for m in lines if " done " in m)
+    assert any("precision " + prec in m for m in lines)

@@ -103,14 +103,16 @@ def _semseg_cfg(template: str, data: Path, tmp_path: Path, **data_overrides) -> 
 def _check_semseg_outputs(run: Path, n_test: int, ndim: int, post: bool):
     import tifffile
 
-    for folder in ("per_image", "per_image_binarized", "full_image", "full_image_binarized"):
+    for folder in ("per_image", "per_image_binarized"):
         files = sorted((run / folder).glob("*.tif"))
         assert len(files) == n_test, folder
+    assert not (run / "full_image").exists()  # the templates run one forward pass per tile
     pred = tifffile.imread(sorted((run / "per_image").glob("*.tif"))[0])
     assert pred.ndim >= ndim
     m = json.loads((run / "metrics.json").read_text())
-    for level in ("per_patch", "per_image", "full_image"):
+    for level in ("per_patch", "per_image"):
         assert 0.0 <= m["iou"][level]["foreground"] <= 1.0
+    assert m["per_patch_source"] == "tiled"
     if post:
         assert len(list((run / "full_post_processing").glob("*.tif"))) == n_test
         assert "post_processing" in m["iou"]

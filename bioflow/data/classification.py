@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from bioflow.data.augment import augment
+from bioflow.data.loader import loader_kwargs
 from bioflow.data.manifest import read_entry_image
 from bioflow.data.normalization import normalize
 from bioflow.errors import BioflowError
@@ -184,7 +185,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.test_dataset = ClassificationDataset(manifest, sp.get("test", []), stats, data_cfg, None, **kw)
         self.batch_size = int(train_cfg["batch_size"])
         self.inference_batch = int(inference_batch or self.batch_size)
-        self.num_workers = int(train_cfg["num_workers"])
+        self.loader_kwargs = loader_kwargs(train_cfg["num_workers"])
 
     def class_counts(self) -> list[int]:
         """Train images per class (multi-label: positives per label)."""
@@ -196,9 +197,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n).tolist()
 
     def _loader(self, ds, shuffle: bool, batch: int):
-        w = self.num_workers
-        return DataLoader(ds, batch_size=batch, shuffle=shuffle, num_workers=w,
-                          persistent_workers=w > 0, pin_memory=torch.cuda.is_available(),
+        return DataLoader(ds, batch_size=batch, shuffle=shuffle, **self.loader_kwargs,
                           # a last batch of one breaks BatchNorm in training
                           drop_last=shuffle and len(ds) > batch)
 

@@ -25,6 +25,7 @@ from matplotlib.patches import Rectangle
 from torch.utils.data import DataLoader, Dataset
 
 from bioflow.data.augment import augment
+from bioflow.data.loader import loader_kwargs
 from bioflow.data.manifest import entries, read_entry_image, read_entry_mask, relative_name
 from bioflow.data.normalization import normalize
 from bioflow.errors import BioflowError
@@ -301,11 +302,10 @@ class SegmentationDataModule(pl.LightningDataModule):
                                       make_augment(cfg), seed)
         self.val_dataset = GridPatchDataset(val, patch, max_val_patches) if val else None
         self.batch_size = bs
-        self.num_workers = int(t["num_workers"])
+        self.loader_kwargs = loader_kwargs(t["num_workers"])
 
     def _loader(self, ds, shuffle):
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          drop_last=False, persistent_workers=self.num_workers > 0)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=False, **self.loader_kwargs)
 
     def train_dataloader(self):
         return self._loader(self.train_dataset, True)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bioflow import progress
 from bioflow.data.manifest import load_manifest
 from bioflow.errors import BioflowError
 from bioflow.io import IMAGE_EXTENSIONS, image_info, is_image_file, read_image, read_mask, write_json
@@ -121,6 +122,7 @@ class Checker:
         self.n_classes = int(cfg["model"]["n_classes"])
         self.mask_transform = cfg["data"]["mask_transform"] if masks else "none"
         self.mask_classes = masks
+        self.part = part
         # only the test part may be unlabelled
         self.test_has_labels = bool(cfg["data"]["test_has_labels"]) if part == "test" else True
         self.strict = bool(cfg["data"]["strict"])
@@ -207,8 +209,15 @@ class Checker:
         """Apply ``fn`` (returning (result, problems)) to items on a few threads, in order."""
         if not items:
             return []
+        prog = progress.Progress(f"validate_{self.part}", len(items), "files")
+
+        def one(it):
+            res = fn(*it) if isinstance(it, tuple) else fn(it)
+            prog.update(1)  # from worker threads: a late count only shifts a line, never loses one
+            return res
         with ThreadPoolExecutor(_THREADS) as pool:
-            results = list(pool.map(lambda it: fn(*it) if isinstance(it, tuple) else fn(it), items))
+            results = list(pool.map(one, items))
+        prog.close()
         out = []
         for res, probs in results:
             self.problems.extend(probs)

@@ -13,6 +13,7 @@ and ``true_<label>`` (0/1, empty when unknown).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -22,32 +23,44 @@ import torch
 
 from bioflow.data.augment import predict_tta, tta_flags
 from bioflow.data.classification import ClassificationDataset
+from bioflow.data.loader import loader_kwargs
 from bioflow.data.manifest import load_manifest
+from bioflow import progress
 from bioflow.errors import BioflowError
 from bioflow.inference import shards
+from bioflow.models import precision
 from bioflow.models.checkpoint import load_model_from_checkpoint
-from bioflow.models.device import pick_device
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def predict_proba(model, loader, device, multilabel: bool = False, tta: dict | None = None) -> np.ndarray:
+@torch.inference_mode()
+def predict_proba(model, loader, device, multilabel: bool = False, tta: dict | None = None,
+                  policy: precision.Policy | None = None) -> np.ndarray:
     """Probabilities ``(N, C)`` for every item of ``loader`` (softmax, or sigmoid for multi-label);
     ``tta``: :func:`~bioflow.data.augment.tta_flags` of the training augmentation to average
-    over those transforms, None for none."""
+    over those transforms, None for none; ``policy``: precision and memory format (None: fp32)."""
     act = torch.sigmoid if multilabel else (lambda t: torch.softmax(t, 1))
     out = []
     model.eval().to(device)
+    if policy is not None:
+        policy.prepare_model(model)
+    autocast = policy.autocast if policy is not None else contextlib.nullcontext
+    prog = progress.Progress("predict", len(loader.dataset), "images")
     for batch in loader:
         x = batch["image"].to(device)
+        x = policy.prepare_input(x) if policy is not None else x
         meta = batch.get("meta")
         meta = None if meta is None else meta.to(device)
 
         def probs(t, meta=meta):
-            return act((model(t) if meta is None else model(t, meta)).float())
+            with autocast():
+                logits = model(t) if meta is None else model(t, meta)
+            return act(logits.float())
 
         out.append(predict_tta(probs, x, tta, dense=False).cpu().numpy())
+        prog.update(len(x))
+    prog.close()
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
@@ -85,16 +98,18 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[i
     entries = entries[shards.part(len(entries), batch, shard)]
     ds = ClassificationDataset(manifest, entries, stats, train_data_cfg, None, multilabel,
                                meta_mean, hp.get("metadata_std"), len(names))
-    device = pick_device("predict")
+    policy = precision.resolve(inf["precision"], key="inference.precision")
+    log.info("predict run %s: %s", run_id, policy.describe())
     # TTA uses only the transforms the model was trained with
     flags = tta_flags(hp["cfg"]["train"]["augmentation"]) if inf["tta"] else None
     test_root = (manifest.get("data_paths") or {}).get("test")
 
     def rows_of(items, dataset) -> list[dict]:
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False,
-                                             num_workers=int(cfg["train"]["num_workers"]))
-        probs = predict_proba(model, loader, device, multilabel, flags)
-        return [_row(e, p, names, multilabel, test_root, inf) for e, p in zip(items, probs)]
+                                             **loader_kwargs(cfg["train"]["num_workers"]))
+        probs = predict_proba(model, loader, torch.device(policy.device), multilabel, flags, policy)
+        return [{**_row(e, p, names, multilabel, test_root, inf), "precision": policy.precision}
+                for e, p in zip(items, probs)]
 
     run_dir = Path(run_dir)
     if shard is None:

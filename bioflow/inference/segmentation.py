@@ -6,12 +6,18 @@ For every test image (BiaPy's output folders, one TIFF per image with the image'
   ``padding``, ``blending``, ``batch_size``); class ids (``argmax: true``, uint8) or per-class
   probabilities (float32, channels last);
 * ``per_image_binarized/``: foreground = ``1 - p(background) >= binarize_threshold`` (uint8 0/1);
-* ``full_image/`` + ``full_image_binarized/`` (``inference.full_image: true``): the whole image
+* ``full_image/`` + ``full_image_binarized/`` (opt-in, ``inference.full_image: true``): the whole image
   in one forward pass (padded to the model's size divisor) when it fits ``memory_budget_mb``,
   else the tiled result (``full_image_mode`` in ``predictions.csv`` says which);
 * ``run_dir/predictions.csv``: one row per image with its output paths;
-* ``run_dir/patch_metrics.json`` (test masks known): TP/FP/FN of the model's raw output on each
-  non-overlapping ``patch_size`` patch, read by the metrics stage as the ``per_patch`` level.
+* ``run_dir/patch_metrics.json`` (test masks known, ``inference.patch_metrics`` not off): TP/FP/FN
+  on each non-overlapping ``patch_size`` patch, read by the metrics stage as the ``per_patch``
+  level; ``source`` says whether they score the tiled prediction (default: no extra forward
+  pass) or an independent forward pass per patch (BiaPy's definition).
+
+One forward pass per tile by default: the whole-image and per-patch passes are opt-in, and the
+``passes`` column of ``predictions.csv`` says which ran (with ``precision``/``channels_last``:
+the policy of :mod:`bioflow.models.precision` the model ran at).
 
 An image whose in-memory footprint exceeds ``memory_budget_mb`` is read and written row-chunk
 by row-chunk (``bioflow.inference.streaming``); the tiling code is the same, so the result equals
@@ -25,6 +31,7 @@ declared output folders of an unfinished job, not this hidden one; it is removed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,13 +48,14 @@ from bioflow.data.augment import predict_tta, tta_flags
 from bioflow.data.manifest import entries, load_manifest, relative_name
 from bioflow.data.normalization import compute_stats, normalize
 from bioflow.data.segmentation import check_mask, read_mask, to_channels
+from bioflow import progress
 from bioflow.errors import BioflowError
 from bioflow.geometry import pad_indices, pad_min
 from bioflow.inference import shards, streaming, tiling
 from bioflow.io import atomic_path, read_json, write_json
 from bioflow.metrics.segmentation import confusion_counts
+from bioflow.models import precision
 from bioflow.models.checkpoint import load_model_from_checkpoint
-from bioflow.models.device import pick_device
 from bioflow.models.segmentation import size_divisor
 
 log = logging.getLogger(__name__)
@@ -62,19 +70,25 @@ def device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def make_predict_fn(model, tta: dict | None = None):
+def make_predict_fn(model, tta: dict | None = None, policy: precision.Policy | None = None):
     """``(B, *spatial, c)`` float32 numpy -> ``(B, *spatial, K)`` softmax probabilities;
-    ``tta``: :func:`~bioflow.data.augment.tta_flags` of the training augmentation, or None."""
+    ``tta``: :func:`~bioflow.data.augment.tta_flags` of the training augmentation, or None;
+    ``policy``: precision and memory format (None: fp32, NCHW). The model must already be
+    prepared for ``policy`` (:meth:`~bioflow.models.precision.Policy.prepare_model`)."""
     dev = device_of(model)
 
     def probs(x):
-        return torch.softmax(model(x).float(), dim=1)
+        with policy.autocast() if policy is not None else contextlib.nullcontext():
+            logits = model(x)
+        return torch.softmax(logits.float(), dim=1)
 
     def run(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(batch, -1, 1))).to(dev)
+        # (B, *spatial, c) viewed as (B, c, *spatial) is already channels-last: no copy
+        x = torch.from_numpy(np.ascontiguousarray(batch)).movedim(-1, 1)
+        x = x.to(dev) if policy is not None and policy.channels_last else x.contiguous().to(dev)
         with torch.inference_mode():
             p = predict_tta(probs, x, tta, dense=True)
-        return np.moveaxis(p.cpu().numpy(), 1, -1)
+        return p.movedim(1, -1).cpu().numpy()
 
     return run
 
@@ -112,24 +126,50 @@ def predict_whole(image: np.ndarray, predict_fn, div: int) -> np.ndarray:
     return probs[tuple(slice(0, n) for n in image.shape[:-1])]
 
 
+def patch_starts(spatial, tile) -> list[tuple[int, ...]]:
+    """Starts of the non-overlapping ``tile`` patches covering an image of shape ``spatial``
+    (an image smaller than the tile is one patch; the last patch of an axis ends at its end)."""
+    extent = [max(int(n), int(t)) for n, t in zip(spatial, tile)]
+    return [tuple(s) for s in tiling.plan_tiles(extent, tile, 0.0, 0).starts()]
+
+
+def _patch_row(st, pred_valid, mask, tile, n_classes, ignore_index) -> dict | None:
+    # only the part of the patch inside the original image is scored
+    gt = mask[tuple(slice(s, s + v) for s, v in zip(st, pred_valid.shape))]
+    if gt.size == 0:
+        return None
+    return {"start": list(st), "counts": confusion_counts(pred_valid, gt, n_classes, ignore_index).tolist()}
+
+
 def patch_counts(image: np.ndarray, mask: np.ndarray, predict_fn, tile, n_classes: int,
                  batch_size: int, ignore_index=None) -> list[dict]:
-    """Per-patch TP/FP/FN of the raw model output on non-overlapping patches (BiaPy per_patch)."""
+    """Per-patch TP/FP/FN of the raw model output on non-overlapping patches, each patch its own
+    forward pass (BiaPy per_patch; ``inference.patch_metrics: independent``)."""
     spatial = image.shape[:-1]
     img, _ = pad_min(image, None, tile)
-    starts = [tuple(s) for s in tiling.plan_tiles(img.shape[:-1], tile, 0.0, 0).starts()]
+    starts = patch_starts(spatial, tile)
     out = []
     for i in range(0, len(starts), batch_size):
         group = starts[i:i + batch_size]
         batch = np.stack([img[tuple(slice(s, s + t) for s, t in zip(st, tile))] for st in group])
         pred = np.argmax(predict_fn(batch), axis=-1)
         for st, pr in zip(group, pred):
-            # only the part of the patch inside the original image is scored
             valid = tuple(slice(0, max(0, min(t, n - s))) for s, t, n in zip(st, tile, spatial))
-            gt = mask[tuple(slice(s, s + v.stop) for s, v in zip(st, valid))]
-            if gt.size == 0:
-                continue
-            out.append({"start": list(st), "counts": confusion_counts(pr[valid], gt, n_classes, ignore_index).tolist()})
+            r = _patch_row(st, pr[valid], mask, tile, n_classes, ignore_index)
+            if r is not None:
+                out.append(r)
+    return out
+
+
+def patch_counts_tiled(pred: np.ndarray, mask: np.ndarray, tile, n_classes: int, ignore_index=None) -> list[dict]:
+    """The same patches as :func:`patch_counts`, scored on the tiled prediction ``pred`` (class
+    ids, ``(*spatial)``): no extra forward pass (``inference.patch_metrics: tiled``)."""
+    out = []
+    for st in patch_starts(pred.shape, tile):
+        r = _patch_row(st, np.asarray(pred[tuple(slice(s, s + t) for s, t in zip(st, tile))]), mask, tile,
+                       n_classes, ignore_index)
+        if r is not None:
+            out.append(r)
     return out
 
 
@@ -182,8 +222,11 @@ def _copy(src: Path, dst: Path):
 
 
 def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir: Path,
-                  mask: np.ndarray | None = None, memory_budget_mb: float | None = None) -> dict:
-    """Predict one manifest entry into the four output folders; returns its CSV row."""
+                  mask: np.ndarray | None = None, memory_budget_mb: float | None = None,
+                  policy: precision.Policy | None = None) -> dict:
+    """Predict one manifest entry into the output folders; returns its CSV row (``passes``:
+    the forward passes that ran: ``tiled``, ``+whole``, ``+patches``). ``policy``: precision and
+    memory format the model was prepared for (None: fp32, NCHW)."""
     inf = cfg["inference"]
     ndim = int(cfg["experiment"]["ndim"])
     n_classes = int(cfg["model"]["n_classes"])
@@ -192,7 +235,7 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
     norm_cfg = cfg["data"]["normalization"]
     budget = float(memory_budget_mb if memory_budget_mb is not None else inf["memory_budget_mb"]) * 2**20
     # TTA uses only the transforms the model was trained with
-    predict_fn = make_predict_fn(model, tta_flags(cfg["train"]["augmentation"]) if inf["tta"] else None)
+    predict_fn = make_predict_fn(model, tta_flags(cfg["train"]["augmentation"]) if inf["tta"] else None, policy)
     div = size_divisor(model)
     name = relative_name(entry)
     stem = Path(name).stem
@@ -232,15 +275,27 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
             log.info("%s: %.0f MB > inference.memory_budget_mb: streaming row chunks", name, need / 2**20)
 
         outs = _Outputs(run_dir, stem, spatial, n_classes, argmax, streamed, thr)
+        tiles = progress.Progress(f"predict {name}", len(plan), "tiles")
+
+        def counted(batch):
+            out = predict_fn(batch)
+            tiles.update(len(batch))
+            return out
         try:
-            tiling.predict_tiled(reader, predict_fn, plan, n_classes, outs.write_rows,
+            tiling.predict_tiled(reader, counted, plan, n_classes, outs.write_rows,
                                  inf["blending"], int(inf["batch_size"]))
+            tiles.close()
+            if mask is not None and inf["patch_metrics"] == "tiled":
+                ids = outs.arrays["per_image"]
+                ids = ids if argmax else np.argmax(ids, axis=-1)
+                row["_patches"] = patch_counts_tiled(ids, mask, tile, n_classes, cfg["train"]["ignore_index"])
             outs.finish_tiled()
         except BaseException:
             outs.abort()
             raise
         row["tiles"] = len(plan)
         row["seconds_tiled"] = round(time.time() - t0, 3)
+        passes = ["tiled"]
 
         # whole-image inference when it fits, else the tiled result stands in
         padded_px = int(np.prod([n + (-n) % div for n in spatial]))
@@ -252,6 +307,7 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
             _write(run_dir / "full_image" / f"{stem}.tif", finalize(probs, argmax))
             _write(run_dir / "full_image_binarized" / f"{stem}.tif", binarize(probs, thr))
             row["full_image_mode"] = "whole"
+            passes.append("whole")
         else:
             _copy(outs.paths["per_image"], run_dir / "full_image" / f"{stem}.tif")
             _copy(outs.paths["per_image_binarized"], run_dir / "full_image_binarized" / f"{stem}.tif")
@@ -260,9 +316,11 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
             if row["full_image_mode"] != "off" or not f.startswith("full"):
                 row[f] = str(run_dir / f / f"{stem}.tif")
 
-        if mask is not None and image is not None:
+        if mask is not None and image is not None and inf["patch_metrics"] == "independent":
             row["_patches"] = patch_counts(image, mask, predict_fn, tile, n_classes,
                                            int(inf["batch_size"]), cfg["train"]["ignore_index"])
+            passes.append("patches")
+        row["passes"] = "+".join(passes)
         row["seconds"] = round(time.time() - t0, 3)
         return row
     finally:
@@ -287,7 +345,9 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[i
     if not test:
         raise BioflowError(f"{manifest_path}: no test images; set data.test")
     model, hp = load_model_from_checkpoint(ckpt_path)
-    model = model.to(pick_device("predict"))
+    policy = precision.resolve(cfg["inference"]["precision"], key="inference.precision")
+    model = policy.prepare_model(model.to(policy.device))
+    log.info("predict: %s", policy.describe())
     trained = hp["cfg"]
     # what the model was trained with wins for the model-side keys (and TTA follows the
     # training augmentation)
@@ -303,21 +363,27 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[i
     t0 = time.time()
     # one resume mechanism for a whole run and for a shard (run_dir = the shard's working folder)
     done = _done_dir(run_dir, ckpt_path, cfg)
-    for e in test[shards.part(len(test), 1, shard)]:
+    mine = test[shards.part(len(test), 1, shard)]
+    prog = progress.Progress("predict", len(mine), "images")
+    for e in mine:
         row = _finished(done, e, run_dir)
         if row is None:
             mask = None
             if use_masks and e.get("mask"):
                 mask = check_mask(read_mask(manifest, e), n_classes, e["mask"], cfg["train"]["ignore_index"])
-            row = predict_image(e, manifest, model, cfg, stats, run_dir, mask)
+            row = predict_image(e, manifest, model, cfg, stats, run_dir, mask, policy=policy)
+            row = {**row, "precision": policy.precision, "channels_last": policy.channels_last}
             _mark_finished(done, e, row, run_dir)
         for p in row.pop("_patches", []):
             patches.append({"file": row["file"], **p})
         rows.append(row)
+        prog.update(1, tiles=row.get("tiles"), passes=row.get("passes"))
+    prog.close()
     shards.write_csv(rows, run_dir / "predictions.csv")
-    if use_masks:  # a declared output whenever the test set has labels (possibly no patches)
+    if use_masks and cfg["inference"]["patch_metrics"] != "off":  # declared output (possibly no patches)
         write_json(run_dir / "patch_metrics.json", {"patch_size": cfg["data"]["patch_size"],
-                                                      "n_classes": n_classes, "patches": patches})
+                                                      "n_classes": n_classes, "patches": patches,
+                                                      "source": cfg["inference"]["patch_metrics"]})
     elif (run_dir / "patch_metrics.json").exists():  # stale, from a run with labels
         (run_dir / "patch_metrics.json").unlink()
     shutil.rmtree(done.parent, ignore_errors=True)

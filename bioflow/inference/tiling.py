@@ -119,12 +119,6 @@ def pad_image(image: np.ndarray, plan: TilePlan) -> np.ndarray:
 
 # --- the driver ----------------------------------------------------------------------------
 
-def _batched(items, n):
-    it = iter(items)
-    while chunk := list(itertools.islice(it, n)):
-        yield chunk
-
-
 def predict_tiled(read_rows: Callable[[int, int], np.ndarray],
                   predict_fn: Callable[[np.ndarray], np.ndarray],
                   plan: TilePlan, n_out: int,
@@ -138,8 +132,9 @@ def predict_tiled(read_rows: Callable[[int, int], np.ndarray],
     normalised output rows ``[a, a + len(rows))`` of the image, shape ``(n, *image_shape[1:], n_out)``,
     in increasing order, each row exactly once.
 
-    Peak memory is one tile row of input plus at most ``core + step`` rows of accumulators,
-    whatever the image size along the first axis.
+    Peak memory is the input slabs of the tile rows one batch spans (one row when a row holds at
+    least ``batch_size`` tiles) plus their accumulator rows, whatever the image size along the
+    first axis.
     """
     p, c, t = plan.padding, plan.core, plan.tile
     n0 = plan.image_shape[0]
@@ -168,27 +163,47 @@ def predict_tiled(read_rows: Callable[[int, int], np.ndarray],
         acc, wsum = acc[k:], wsum[k:]
         lo = upto
 
+    # Tiles are batched across tile rows (a row of few tiles would leave the batch half empty,
+    # and small batches run the model well below its throughput); a tile row's slab is kept
+    # until its last tile is predicted, and its finished output rows are flushed in order.
+    slabs: dict[int, np.ndarray] = {}
+    left: dict[int, int] = {}
+    pending: list[tuple[int, tuple[int, ...]]] = []
+    done_rows = 0  # tile rows whose output rows are flushed
+
+    def run(group):
+        nonlocal done_rows
+        tiles = np.stack([slabs[gi][(slice(None),) + tuple(slice(s, s + tt) for s, tt in zip(st, t[1:]))]
+                          for gi, st in group]).astype(np.float32, copy=False)
+        pred = np.asarray(predict_fn(tiles), dtype=np.float32)
+        if pred.shape != (len(group), *t, n_out):
+            raise ValueError(f"predict_fn returned {pred.shape}, expected {(len(group), *t, n_out)}")
+        for (gi, st), pr in zip(group, pred):
+            s0 = steps0[gi]
+            core_pred = pr[tuple(inner)]
+            dst = (slice(s0 - lo, s0 - lo + c[0]),) + tuple(slice(s, s + cc) for s, cc in zip(st, c[1:]))
+            acc[dst] += core_pred * w[..., None]
+            wsum[dst] += w
+            left[gi] -= 1
+        while done_rows < len(steps0) and left.get(done_rows) == 0:
+            del slabs[done_rows]
+            # rows before the next tile row's start are final
+            flush(steps0[done_rows + 1] if done_rows + 1 < len(steps0) else plan.extent[0])
+            done_rows += 1
+
     for gi, s0 in enumerate(steps0):
-        slab = read_rows(s0, s0 + t[0])
-        hi_needed = s0 + c[0]
-        grow = hi_needed - (lo + acc.shape[0])
+        slabs[gi] = read_rows(s0, s0 + t[0])
+        left[gi] = len(others)
+        grow = s0 + c[0] - (lo + acc.shape[0])
         if grow > 0:
             acc = np.concatenate([acc, np.zeros((grow, *rest, n_out), np.float32)])
             wsum = np.concatenate([wsum, np.zeros((grow, *rest), np.float32)])
-        for group in _batched(others, batch_size):
-            tiles = np.stack([slab[(slice(None),) + tuple(slice(s, s + tt) for s, tt in zip(st, t[1:]))]
-                              for st in group]).astype(np.float32, copy=False)
-            pred = np.asarray(predict_fn(tiles), dtype=np.float32)
-            if pred.shape != (len(group), *t, n_out):
-                raise ValueError(f"predict_fn returned {pred.shape}, expected {(len(group), *t, n_out)}")
-            for st, pr in zip(group, pred):
-                core_pred = pr[tuple(inner)]
-                dst = (slice(s0 - lo, s0 - lo + c[0]),) + tuple(slice(s, s + cc) for s, cc in zip(st, c[1:]))
-                acc[dst] += core_pred * w[..., None]
-                wsum[dst] += w
-        # rows before the next tile row's start are final
-        nxt = steps0[gi + 1] if gi + 1 < len(steps0) else plan.extent[0]
-        flush(nxt)
+        pending.extend((gi, st) for st in others)
+        while len(pending) >= batch_size:
+            group, pending = pending[:batch_size], pending[batch_size:]
+            run(group)
+    if pending:
+        run(pending)
 
 
 def predict_tiled_array(image: np.ndarray, predict_fn, plan_or_tile, n_out: int,

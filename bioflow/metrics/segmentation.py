@@ -174,7 +174,9 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
 
     patch_file = run_dir / "patch_metrics.json"
     if patch_file.is_file():
-        patches = read_json(patch_file).get("patches", [])
+        pm = read_json(patch_file)
+        patches = pm["patches"]
+        result["per_patch_source"] = pm.get("source", "independent")  # files before the key: independent
         counts["per_patch"] = [np.asarray(p["counts"], dtype=np.int64) for p in patches]
     for metric, fn in (("iou", iou_from_counts), ("dice", dice_from_counts)):
         result[metric] = {lvl: summarize(counts[lvl], n_classes, fn)

@@ -39,9 +39,10 @@ from lightning_fabric.plugins.environments import LightningEnvironment
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from bioflow import __version__
+from bioflow import __version__, progress
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path, file_sha256, write_json, write_text
+from bioflow.models import precision
 from bioflow.models.device import pick_device
 from bioflow.models.serialization import load_tensors
 from bioflow.provenance import library_versions
@@ -133,11 +134,13 @@ class BioflowModule(pl.LightningModule):
         self.epoch_metrics = epoch_metrics
         self.monitor, self.mode = "val_loss", "min"
         self.horizon: dict = {"total_steps": None}  # schedule length, see TimeBudgetSchedule
+        self.policy = precision.resolve("32", "cpu")  # fit() sets the run's policy
         # a deep copy turns a stage's config slice (StageConfig) into plain dicts
         self.save_hyperparameters(plain(copy.deepcopy(dict(hparams or {})), "hparams"))
         self._val_logits, self._val_targets = [], []
 
     def forward(self, x, meta=None):
+        x = self.policy.prepare_input(x)  # autocast comes from the Trainer's precision plugin
         return self.model(x) if meta is None else self.model(x, meta)
 
     def training_step(self, batch, batch_idx):
@@ -216,18 +219,115 @@ class TimeBudgetSchedule(pl.Callback):
         pl_module.horizon["total_steps"] = int(total)
 
 
+class ProgressLog(pl.Callback):
+    """Training progress in the log at a steady rhythm (:class:`bioflow.progress.Progress`):
+    epoch / step, items/s, the running train loss, the last monitored metric and the ETA; a
+    line at the end of every epoch's validation; and the time spent waiting for data.
+
+    Data wait = the gap between the end of one training step and the start of the next (the
+    loader's ``next()``, including worker start-up at the start of an epoch); compute = the step
+    itself. ``wait_share`` goes into ``train_summary.json``.
+    """
+
+    def __init__(self, monitor: str, interval_s: float = progress.INTERVAL_S):
+        self.monitor, self.interval_s = monitor, float(interval_s)
+        self.wait_s = self.step_s = 0.0
+        self.items = 0
+        self._t_end = self._t_start = None
+        self._loss_sum, self._loss_n = 0.0, 0
+        self._prog = None
+        self._t_fit = None
+
+    def on_train_start(self, trainer, pl_module):
+        self._t_fit = time.monotonic()
+        self._steps_at_start = int(trainer.global_step)
+        self._prog = progress.Progress("train", None, "items", self.interval_s, log)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._t_end = time.monotonic()
+        self._loss_sum, self._loss_n = 0.0, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        now = time.monotonic()
+        if self._t_end is not None:
+            self.wait_s += now - self._t_end
+        self._t_start = now
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = time.monotonic()
+        if self._t_start is not None:
+            self.step_s += now - self._t_start
+        self._t_end = now
+        x, _, _ = unpack_batch(batch)
+        n = int(x.shape[0])
+        self.items += n
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self._loss_sum += float(loss.detach())
+            self._loss_n += 1
+        nb = trainer.num_training_batches
+        nb = int(nb) if np.isfinite(nb) else None
+        epochs = int(trainer.max_epochs)
+        pos = f"epoch {trainer.current_epoch + 1}/{epochs} step {batch_idx + 1}/{nb if nb else '?'}"
+        self._prog.update(n, position=pos, eta_s=self._eta(trainer, batch_idx, nb), **self._fields(trainer))
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._t_end = None  # validation time is not data wait
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        log.info("train: epoch %d/%d done | %s | %s %s | ETA %s", trainer.current_epoch + 1, int(trainer.max_epochs),
+                 progress.format_fields({"train_loss": self._mean_loss(), **m}), self.monitor,
+                 progress.format_fields({"best": _score(trainer)}) or "-",
+                 progress.format_eta(self._eta(trainer, None, None)))
+
+    def on_train_end(self, trainer, pl_module):
+        if self._prog is not None:
+            self._prog.close()
+
+    def _mean_loss(self):
+        return self._loss_sum / self._loss_n if self._loss_n else None
+
+    def _fields(self, trainer) -> dict:
+        out = {"train_loss": self._mean_loss()}
+        val = trainer.callback_metrics.get(self.monitor)
+        if val is not None and self.monitor != "train_loss":
+            out[self.monitor] = float(val)
+        return out
+
+    def _eta(self, trainer, batch_idx, nb) -> float | None:
+        """Seconds left at the mean step time so far (validation included), capped by the
+        wall-time limit when one is set."""
+        done = int(trainer.global_step) - self._steps_at_start
+        if done <= 0 or self._t_fit is None:
+            return None
+        per_step = (time.monotonic() - self._t_fit) / done
+        nb_all = trainer.num_training_batches
+        if not np.isfinite(nb_all):
+            return None
+        total = int(trainer.max_epochs) * int(nb_all) - int(trainer.global_step)
+        eta = max(total, 0) * per_step
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is not None and timer.time_remaining("train") is not None:
+            eta = min(eta, float(timer.time_remaining("train")))
+        return eta
+
+    def summary(self) -> dict:
+        total = self.wait_s + self.step_s
+        return {"data_wait_s": round(self.wait_s, 2), "step_compute_s": round(self.step_s, 2),
+                "data_wait_share": round(self.wait_s / total, 4) if total > 0 else None,
+                "items_per_s": round(self.items / total, 2) if total > 0 else None}
+
+
+def _score(trainer):
+    cb = trainer.checkpoint_callback
+    s = getattr(cb, "best_model_score", None)
+    return None if s is None else float(s)
+
+
 # --- fit ---------------------------------------------------------------------------------
-
-def _precision(value) -> str:
-    value = str(value)
-    if value == "auto":
-        return "16-mixed" if torch.cuda.is_available() else "32-true"
-    if value == "16-mixed" and not torch.cuda.is_available():
-        # float16 mixed precision is a GPU feature: Lightning refuses it on the CPU
-        log.warning("train.precision: 16-mixed needs a GPU and none is usable; training in 32-bit")
-        return "32-true"
-    return "32-true" if value == "32" else value
-
 
 # train_summary.json fields a checkpoint keeps as its training record
 PROVENANCE_TRAINING = ("run_id", "seed", "monitor", "best_score", "best_epoch", "epochs_run", "max_epochs",
@@ -371,6 +471,11 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     write_text(hash_file, h + "\n")
 
     module.monitor, module.mode = monitor, mode
+    policy = precision.resolve(tc["precision"], "cuda" if torch.cuda.is_available() else "cpu",
+                               key="train.precision")
+    log.info("train: %s", policy.describe())
+    module.policy = policy
+    policy.prepare_model(module.model)
     ckpt_cb = ModelCheckpoint(dirpath=work, filename="best-{epoch:03d}", monitor=monitor, mode=mode,
                               save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
     # last.ckpt every epoch, for resuming. Not save_last=True on the callback above: Lightning
@@ -378,7 +483,8 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     # every epoch since the last improvement.
     last_cb = ModelCheckpoint(dirpath=work, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                               enable_version_counter=False)
-    callbacks = [ckpt_cb, last_cb, LearningRateMonitor(logging_interval="epoch")]
+    prog_cb = ProgressLog(monitor, progress.INTERVAL_S)
+    callbacks = [ckpt_cb, last_cb, LearningRateMonitor(logging_interval="epoch"), prog_cb]
     es = None
     if int(tc["patience"]) > 0:
         es = ConfiguredEarlyStopping(monitor=monitor, mode=mode, patience=int(tc["patience"]))
@@ -401,9 +507,10 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     pick_device("train")  # Lightning's "auto" falls back to the CPU silently; this warns
     trainer = pl.Trainer(
         max_epochs=int(tc["epochs"]), accelerator="auto", devices=tc["devices"],
-        strategy=tc["strategy"], precision=_precision(tc["precision"]),
+        strategy=tc["strategy"], precision=policy.lightning,
         callbacks=callbacks, logger=loggers, default_root_dir=str(work),
-        limit_train_batches=int(steps) if steps else 1.0, enable_progress_bar=False,
+        limit_train_batches=int(steps) if steps else 1.0,
+        enable_progress_bar=progress.is_terminal(),  # a live bar on a terminal; the log gets ProgressLog's lines
         log_every_n_steps=10, num_sanity_val_steps=0, enable_model_summary=False,
         plugins=plugins)
     t0 = time.time()
@@ -444,7 +551,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
         "stop_reason": reason, "wall_time_s": round(wall, 2),
         "schedule_steps": getattr(module, "horizon", {}).get("total_steps"),
         "config_hash": h, "best_checkpoint": str(ckpt_path), "working_dir": str(work),
-        "device": str(trainer.strategy.root_device), "precision": str(trainer.precision),
+        "device": str(trainer.strategy.root_device), "precision": policy.as_dict(), "throughput": prog_cb.summary(),
         "charts": [str(p) for p in chart_files + sample_files],
         "versions": library_versions(),
     }

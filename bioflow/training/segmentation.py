@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from bioflow.data.manifest import load_manifest
@@ -89,27 +88,9 @@ def check_patch(cfg: dict, model) -> None:
                            f"model.architecture '{cfg['model']['architecture']}'")
 
 
-def resolve_precision(cfg: dict) -> dict:
-    """``train.precision: auto`` on a CPU with native bf16 (AVX512-BF16 / AMX) -> ``bf16-mixed``.
-
-    Measured here: a U-Net trains 2-3x faster per pixel in bf16 autocast than in fp32 on CPU;
-    on GPUs the engine's own choice (16-mixed) stands. Returns a copy when it changes anything.
-    """
-    if str(cfg["train"]["precision"]) != "auto" or torch.cuda.is_available():
-        return cfg
-    try:
-        ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        ok = False
-    if not ok:
-        return cfg
-    return {**cfg, "train": {**cfg["train"], "precision": "bf16-mixed"}}
-
-
 def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> dict:
     """Train one run; writes ``ckpt_path`` and ``run_dir/train_summary.json`` (returned)."""
     t0 = time.time()
-    cfg = resolve_precision(cfg)
     run_dir = Path(run_dir)
     tc, d = cfg["train"], cfg["data"]
     n_classes = int(cfg["model"]["n_classes"])

@@ -51,7 +51,8 @@ class SemanticSegmentation(Workflow):
         if stage_name == "predict":
             dirs = PER_IMAGE_DIRS + (FULL_IMAGE_DIRS if cfg["inference"]["full_image"] else ())
             out = {f"{d}_dir": d for d in dirs}
-            return {**out, "patch_metrics": "patch_metrics.json"} if labels else out
+            patches = labels and cfg["inference"]["patch_metrics"] != "off"
+            return {**out, "patch_metrics": "patch_metrics.json"} if patches else out
         if stage_name == "metrics" and labels:
             return {"per_image_csv": "metrics_per_image.csv"}
         return {}

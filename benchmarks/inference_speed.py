@@ -1,0 +1,130 @@
+"""Tiled inference speed: bioflow's tiled prediction vs the bare forward floor and MONAI.
+
+For each case (2D 1 channel and 3 channels: the semseg_2d template model, smp Unet-resnet18,
+256^2 tiles, batch 8, two 1024^2 images; 3D: the semseg_3d template's 3D U-Net with 64^3 tiles,
+batch 2, a 96 x 128 x 128 volume), in one process, interleaved repetitions, minimum time:
+
+* ``bioflow``: :func:`bioflow.inference.tiling.predict_tiled_array` with the predict stage's
+  ``make_predict_fn`` at ``inference.precision: auto`` (the template's overlap 0.25 and padding);
+* ``floor``: the fastest bare forward of the same model on the same tiles (pre-cut, already in
+  the model's layout, channels-last with bf16 autocast where the hardware has it; batches of the
+  same size); ``fp32_nchw``: the same tiles in fp32 NCHW (what an unprepared caller gets);
+* ``monai``: MONAI's ``sliding_window_inference`` with its defaults (overlap 0.25, constant
+  blending, fp32 NCHW model, ``sw_batch_size`` = our batch) and, for the comparison at equal
+  geometry, bioflow at padding 0 / overlap 0.25 (``bioflow_p0``).
+
+Untrained weights (speed does not depend on them; eval-mode BatchNorm). Random images.
+
+    flock /tmp/bioflow_cpu.lock python benchmarks/inference_speed.py --out /tmp/bench_inf
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from perf_common import best_of, header, parser, template
+
+from bioflow.inference import tiling
+from bioflow.inference.segmentation import make_predict_fn
+from bioflow.models import build_model, precision
+
+
+def cut_tiles(image: np.ndarray, plan: tiling.TilePlan) -> np.ndarray:
+    padded = tiling.pad_image(image, plan)
+    return np.stack([padded[tuple(slice(s, s + t) for s, t in zip(st, plan.tile))] for st in plan.starts()])
+
+
+def bare(model, tiles: torch.Tensor, batch: int, policy: precision.Policy):
+    def run():
+        with torch.inference_mode(), policy.autocast():
+            for i in range(0, len(tiles), batch):
+                model(tiles[i:i + batch])
+    return run
+
+
+def case(name: str, cfg: dict, images: list[np.ndarray], reps: int) -> dict:
+    inf, tile = cfg["inference"], cfg["data"]["patch_size"]
+    batch = int(inf["batch_size"])
+    n_classes = int(cfg["model"]["n_classes"])
+    ndim = len(tile)
+    torch.manual_seed(0)
+    auto = precision.resolve("auto")
+    fp32 = precision.resolve("32", channels_last=False)
+    m_auto = auto.prepare_model(build_model(cfg).eval())
+    m_fp32 = build_model(cfg).eval()
+    m_fp32.load_state_dict(m_auto.state_dict())
+    plans = [tiling.plan_tiles(im.shape[:-1], tile, float(inf["overlap"]), int(inf["padding"])) for im in images]
+    plans0 = [tiling.plan_tiles(im.shape[:-1], tile, 0.25, 0) for im in images]
+    tiles = np.concatenate([cut_tiles(im, p) for im, p in zip(images, plans)])
+    t_nchw = torch.from_numpy(np.ascontiguousarray(np.moveaxis(tiles, -1, 1)))
+    t_cl = auto.prepare_input(t_nchw.clone())
+    fn_auto = make_predict_fn(m_auto, None, auto)
+
+    def ours(plans=plans):
+        def run():
+            for im, p in zip(images, plans):
+                tiling.predict_tiled_array(im, fn_auto, p, n_classes, blending=inf["blending"], batch_size=batch)
+        return run
+
+    fns = {"bioflow": ours(), "floor": bare(m_auto, t_cl, batch, auto),
+           "fp32_nchw": bare(m_fp32, t_nchw, batch, fp32)}
+    try:
+        from monai.inferers import sliding_window_inference
+        ims = [torch.from_numpy(np.ascontiguousarray(np.moveaxis(im, -1, 0)))[None] for im in images]
+
+        def monai_run():
+            with torch.inference_mode():
+                for x in ims:
+                    sliding_window_inference(x, tile, batch, m_fp32)
+        fns["monai"] = monai_run
+        fns["bioflow_p0"] = ours(plans0)
+    except ImportError:
+        print("  (monai not installed: pip install -e .[bench])")
+    t = best_of(fns, reps)
+    # agreement of the fast path with fp32 on the same tiles
+    with torch.inference_mode():
+        ref = m_fp32(t_nchw[:batch]).argmax(1)
+        with auto.autocast():
+            fast = m_auto(t_cl[:batch]).float().argmax(1)
+    agree = float((ref == fast).float().mean())
+    out = {"case": name, "tiles": int(len(tiles)), "tiles_padding0": int(sum(len(p) for p in plans0)),
+           "policy": auto.describe(), "seconds": {k: round(v, 3) for k, v in t.items()},
+           "argmax_agreement_fast_vs_fp32": round(agree, 5),
+           "ratio_bioflow_to_floor": round(t["bioflow"] / t["floor"], 3),
+           "ratio_floor_to_fp32_nchw": round(t["floor"] / t["fp32_nchw"], 3)}
+    if "monai" in t:
+        out["ratio_bioflow_to_monai"] = round(t["bioflow"] / t["monai"], 3)
+        out["ratio_bioflow_p0_to_monai"] = round(t["bioflow_p0"] / t["monai"], 3)
+    print(json.dumps(out))
+    return out
+
+
+def main():
+    p = parser(__doc__)
+    p.add_argument("--cases", default="2d_1ch,2d_3ch,3d", help="comma-separated subset of 2d_1ch,2d_3ch,3d")
+    p.add_argument("--quick", action="store_true", help="small images: a smoke test, not a measurement")
+    p.set_defaults(reps=2)
+    args = p.parse_args()
+    header(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    results = []
+    for c in args.cases.split(","):
+        if c.startswith("2d"):
+            ch = 1 if c == "2d_1ch" else 3
+            cfg = template("semseg_2d", data={"channels": ch})
+            side = 384 if args.quick else 1024
+            images = [rng.normal(size=(side, side, ch)).astype(np.float32) for _ in range(2)]
+        else:
+            cfg = template("semseg_3d", data={"patch_size": [64, 64, 64]}, inference={"batch_size": 2})
+            shape = (64, 96, 96, 1) if args.quick else (96, 128, 128, 1)
+            images = [rng.normal(size=shape).astype(np.float32)]
+        results.append(case(c, cfg, images, args.reps))
+    (args.out / "inference_speed.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

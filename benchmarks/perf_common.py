@@ -1,0 +1,71 @@
+"""Shared helpers of the speed benchmarks: templates, the machine line, interleaved timing."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--data", type=Path, default=DATA, help="folder of the datasets (default: ../shared/data)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the outputs of this run")
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (the minimum counts)")
+    return p
+
+
+def template(name: str, **sections) -> dict:
+    """The validated config of ``config/templates/<name>.yaml`` with ``sections`` merged in."""
+    from bioflow.config import validate
+    cfg = yaml.safe_load((REPO / "config" / "templates" / f"{name}.yaml").read_text())
+    for sec, values in sections.items():
+        cfg.setdefault(sec, {})
+        cfg[sec] = {**cfg[sec], **copy.deepcopy(values)}
+    cfg["data"] = {**cfg["data"], "train": "unused", "test": None}
+    return validate(cfg)
+
+
+def machine() -> str:
+    from bioflow.models.precision import cpu_has_native_bf16
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} with {torch.get_num_threads()} "
+            f"threads, native bf16 {cpu_has_native_bf16()}, {gpu}, python {sys.version.split()[0]}")
+
+
+def header(args) -> None:
+    print("machine:", machine())
+    print("command:", "python " + " ".join(sys.argv))
+    print("load average at start:", " ".join(f"{v:.2f}" for v in os.getloadavg()))
+
+
+def best_of(fns: dict, reps: int) -> dict:
+    """Minimum wall time of each function over ``reps`` rounds, interleaved (round r runs every
+    function once) so a change in machine load hits all of them alike; one untimed warm-up round first."""
+    for fn in fns.values():  # warm-up: oneDNN builds its kernels on the first call of a shape
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: min(v) for k, v in times.items()}
