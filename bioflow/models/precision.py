@@ -117,9 +117,10 @@ def memory_format(ndim: int) -> torch.memory_format:
 
 
 def resolve(requested: str, device: str | torch.device | None = None, key: str = "precision",
-            channels_last: bool = True) -> Policy:
+            channels_last: bool = True, training_3d: bool = False) -> Policy:
     """The :class:`Policy` for ``requested`` (a ``CHOICES`` value) on ``device`` (default:
-    cuda when available, else cpu). ``key`` names the config key in messages."""
+    cuda when available, else cpu). ``key`` names the config key in messages.
+    ``training_3d``: training a 3D model, which ``auto`` keeps in fp32 on a CPU (below)."""
     requested = str(requested)
     if requested not in CHOICES:
         raise BioflowError(f"{key}: '{requested}' is not one of {', '.join(CHOICES)}")
@@ -137,7 +138,12 @@ def resolve(requested: str, device: str | torch.device | None = None, key: str =
     else:
         requested_eff = requested
     if requested_eff == "auto":
-        if bf16_ok:
+        if bf16_ok and kind == "cpu" and training_3d:
+            # bf16 autocast in CPU training of 3D convolutions gave NaN outputs now and then
+            # (about 1 run in 4 of tests/test_classification.py::test_3d_end_to_end); fp32 until
+            # that is understood. 3D inference in bf16 showed no such problem.
+            prec, reason = "32", f"auto: {hw}, but 3D training in bf16 is not yet stable on a CPU"
+        elif bf16_ok:
             prec, reason = "bf16", f"auto: {hw}"
         elif kind == "cuda":
             prec, reason = "16", f"auto: {hw}, fp16 with a gradient scaler"

@@ -472,7 +472,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
 
     module.monitor, module.mode = monitor, mode
     policy = precision.resolve(tc["precision"], "cuda" if torch.cuda.is_available() else "cpu",
-                               key="train.precision")
+                               key="train.precision", training_3d=int(cfg["experiment"]["ndim"]) == 3)
     log.info("train: %s", policy.describe())
     module.policy = policy
     policy.prepare_model(module.model)
