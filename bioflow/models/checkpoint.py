@@ -47,7 +47,7 @@ def describe(hp: dict) -> str:
 
 def load_model_from_checkpoint(ckpt_path, map_location="cpu"):
     """(model in eval mode, hyper_parameters) from a checkpoint written by the train stage."""
-    ck = load(ckpt_path, what="predict")
+    ck = load(ckpt_path, what="checkpoint")
     hp = ck["hyper_parameters"]
     cfg = copy.deepcopy(hp["cfg"])
     cfg["model"]["weights"] = None  # the checkpoint's own weights follow
