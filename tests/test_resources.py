@@ -89,7 +89,7 @@ def test_full_disk_is_one_line_and_leaves_no_partial_output(make_cfg, pneumonia_
 
 def test_gpu_requested_but_absent_falls_back_to_cpu_with_a_warning(monkeypatch, caplog):
     from bioflow.models.device import pick_device
-    from bioflow.training.engine import _precision
+    from bioflow.models import precision
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for var in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE"):
         monkeypatch.delenv(var, raising=False)
@@ -99,5 +99,7 @@ def test_gpu_requested_but_absent_falls_back_to_cpu_with_a_warning(monkeypatch, 
     monkeypatch.setenv("SLURM_JOB_GPUS", "0")
     assert pick_device("predict").type == "cpu"
     assert "predict: a GPU was requested (SLURM_JOB_GPUS=0) but none is usable" in caplog.text
-    assert _precision("16-mixed") == "32-true" and "train.precision: 16-mixed needs a GPU" in caplog.text
-    assert _precision("bf16-mixed") == "bf16-mixed"
+    # fp16 is a GPU feature: on the CPU it runs as auto (bf16 where native, else 32), with a warning
+    assert precision.resolve("16", "cpu", key="train.precision").precision in ("bf16", "32")
+    assert "train.precision: 16 needs a GPU" in caplog.text
+    assert precision.resolve("bf16", "cpu").precision == "bf16"
