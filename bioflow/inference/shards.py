@@ -95,10 +95,12 @@ def gather(shard_csvs: list[str], run_dir, outputs: dict) -> Path:
         pm = shard_dir / "patch_metrics.json"
         if "patch_metrics" in outputs and pm.is_file():
             data = json.loads(pm.read_text())
-            patches += data.pop("patches")
+            patches += data["patches"]
             patch_head = data
     write_text(outputs["csv"], (header or "") + "".join(lines))
     if "patch_metrics" in outputs:
-        write_json(outputs["patch_metrics"], {**(patch_head or {}), "patches": patches})
+        # the shards' fields in their order, with every shard's patches
+        head = patch_head or {"patches": []}
+        write_json(outputs["patch_metrics"], {k: (patches if k == "patches" else v) for k, v in head.items()})
     log.info("predict: %d shards gathered, %d rows -> %s", len(shard_csvs), len(lines), outputs["csv"])
     return Path(outputs["csv"])
