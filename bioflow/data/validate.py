@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 from bioflow import progress
-from bioflow.data.manifest import load_manifest
 from bioflow.errors import BioflowError
 from bioflow.io import IMAGE_EXTENSIONS, image_info, is_image_file, read_image, read_mask, write_json
 
@@ -666,8 +665,3 @@ def assemble(ck: Checker, cfg, part: str, roots: dict, classes: list[str], split
             "adaptations": adapted,
             "counts": {s: _counts(splits[s], masks) for s in names},
             "splits": {s: splits[s] for s in names}}
-
-
-def load(path) -> dict:
-    """A manifest written by :func:`assemble`."""
-    return load_manifest(path)
