@@ -152,16 +152,30 @@ def _migrate_precision(v):
     return _OLD_PRECISION.get(v, v)
 
 
+FlipAxis = Literal["x", "y", "z"]
+
+
 class Augmentation(_Section):
     """train.augmentation: random transforms of training samples."""
 
     enabled: bool = True
-    flips: bool = True
+    flips: bool | list[FlipAxis] = Field(
+        True, description="axes mirrored at random (each with probability): x = left-right, y = up-down, "
+                          "z = 3D depth; e.g. [x] for images with a meaningful up and down (chest X-rays); "
+                          "true = every axis of the image, false = none. TTA uses the same axes",
+        json_schema_extra={"uniqueItems": True})
     rot90: bool = True
     affine: bool = False
     brightness_contrast: bool = False
     gaussian_noise: bool = False
     probability: Num(ge=0, le=1) = 0.5
+
+    @field_validator("flips")
+    @classmethod
+    def _unique_axes(cls, v):
+        if isinstance(v, list) and len(set(v)) != len(v):
+            raise ValueError("give each axis once")
+        return v
 
 
 class Train(_Section):
