@@ -5,6 +5,7 @@ thresholded metrics beside the argmax ones."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -180,6 +181,23 @@ def test_threshold_chosen_on_validation_travels_in_the_checkpoint_to_prediction(
     assert m["thresholded"]["method"] == "youden" and m["thresholded"]["threshold"] == pytest.approx(t, abs=1e-5)
     truth = (pred["true_class"] == "pneumonia").to_numpy()
     assert m["thresholded"]["accuracy"] == pytest.approx(np.mean(truth == (pred["prob_pneumonia"] >= t)))
+
+    # what the model gets wrong: the thresholded decision's mistakes, surest first, with thumbnails
+    rd = out.parent
+    mistakes = m["mistakes"]
+    assert mistakes["decision"] == "thresholded"
+    for c in ("normal", "pneumonia"):
+        wrong = pred[(pred["true_class"] == c) & (pred["pred_class_thresholded"] != c)]
+        listed = mistakes["per_class"][c]
+        assert sorted(r["file"] for r in listed) == sorted(wrong["file"])  # fewer than 6: all of them
+        assert [r["prob"] for r in listed] == sorted((r["prob"] for r in listed), reverse=True)
+        assert all((rd / r["thumbnail"]).is_file() for r in listed)
+    call(cfg, "report")
+    page = Path(job(cfg, "report").output["html"]).read_text()
+    assert "Argmax and thresholded decisions" in page and "chosen on the validation set (youden)" in page
+    assert "Most confident mistakes" in page
+    n_listed = sum(len(v) for v in mistakes["per_class"].values())
+    assert page.count('style="image-rendering:pixelated"') == n_listed
 
     # a checkpoint from before the record: argmax still predicts, youden names the fix
     old = tmp_path / "old.ckpt"
