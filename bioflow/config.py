@@ -260,6 +260,10 @@ def _check_semantics(cfg: dict, source) -> None:
     if trains and isinstance(cw, list) and len(cw) != cfg["model"]["n_classes"]:
         problems.append(f"train.class_weights: {len(cw)} weights for model.n_classes="
                         f"{cfg['model']['n_classes']}; give one per class or 'auto'")
+    flips = cfg["train"]["augmentation"]["flips"]
+    if trains and ndim == 2 and isinstance(flips, list) and "z" in flips:
+        problems.append("train.augmentation.flips: z is not an axis of a 2D image (experiment.ndim: 2); "
+                        "give x and / or y")
     if problems:
         raise BioflowError(f"{source}: invalid config", problems)
 

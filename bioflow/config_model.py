@@ -152,16 +152,30 @@ def _migrate_precision(v):
     return _OLD_PRECISION.get(v, v)
 
 
+FlipAxis = Literal["x", "y", "z"]
+
+
 class Augmentation(_Section):
     """train.augmentation: random transforms of training samples."""
 
     enabled: bool = True
-    flips: bool = True
+    flips: bool | list[FlipAxis] = Field(
+        True, description="axes mirrored at random (each with probability): x = left-right, y = up-down, "
+                          "z = 3D depth; e.g. [x] for images with a meaningful up and down (chest X-rays); "
+                          "true = every axis of the image, false = none. TTA uses the same axes",
+        json_schema_extra={"uniqueItems": True})
     rot90: bool = True
     affine: bool = False
     brightness_contrast: bool = False
     gaussian_noise: bool = False
     probability: Num(ge=0, le=1) = 0.5
+
+    @field_validator("flips")
+    @classmethod
+    def _unique_axes(cls, v):
+        if isinstance(v, list) and len(set(v)) != len(v):
+            raise ValueError("give each axis once")
+        return v
 
 
 class Train(_Section):
@@ -219,6 +233,13 @@ class Inference(_Section):
                              "patches, scored on the tiled prediction (no extra pass) or by an independent "
                              "forward pass per patch (BiaPy's per_patch)")
     binarize_threshold: Num(ge=0, le=1) = 0.5
+    threshold: Literal["argmax", "youden", "f1"] | Num(gt=0, lt=1) = Field(
+        "argmax", description="classification, binary and multi-label: the decision threshold on the "
+                              "probability of the positive class (class_names[1]; per label for multi-label). "
+                              "argmax: the plain decision; youden / f1: chosen on the validation set at the "
+                              "end of training (max sensitivity + specificity - 1 / max F1), stored in the "
+                              "checkpoint; a number: that threshold. predictions.csv and the metrics keep "
+                              "the argmax decision beside the thresholded one")
     memory_budget_mb: Num(gt=0) = Field(2048, description="volumes larger than this are processed chunk by chunk")
     shards: Int(ge=1) = Field(
         1, description="prediction split over this many jobs (e.g. GPUs of a cluster), merged before metrics; "

@@ -125,7 +125,10 @@ def run(cfg, ckpt_path, outputs: dict, out_dir) -> dict:
                   "test_file": "test_input.npy"},
         "output": {"axes": axes if dense else "bc", "kind": "logits",
                    "activation": "sigmoid" if tcfg["model"]["multilabel"] else "softmax over c",
-                   "class_names": list(hp["class_names"]), "test_file": "test_output.npy"},
+                   "class_names": list(hp["class_names"]), "test_file": "test_output.npy",
+                   # binary / multi-label: thresholds chosen on validation (youden, f1), for users
+                   # of the exported files who want the same decision as inference.threshold
+                   "validation_thresholds": hp.get("validation")},
         "max_abs_diff_to_pytorch": diffs, "tolerance": TOLERANCE, "onnx_opset": ONNX_OPSET,
         "provenance": hp.get("provenance"),
     }

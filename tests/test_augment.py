@@ -119,3 +119,52 @@ def test_predict_tta_averages_a_non_equivariant_model():
     # without rotations and flips nothing is averaged
     assert torch.equal(predict_tta(corner, x, tta_flags({**ALL, "enabled": False}), dense=True), corner(x))
     assert torch.equal(predict_tta(corner, x, None, dense=True), corner(x))
+
+
+# --- flips per axis (train.augmentation.flips: [x], [x, y], [x, y, z]) -------------------
+
+NO_ROT = {**ALL, "rot90": False}
+
+
+@pytest.mark.parametrize("shape, flips, mirrored", [
+    ((8, 10), ["x"], (1,)), ((8, 10), ["y"], (0,)), ((8, 10), ["x", "y"], (0, 1)), ((8, 10), True, (0, 1)),
+    ((8, 10), [], ()), ((8, 10), False, ()),
+    ((4, 8, 10), ["x"], (2,)), ((4, 8, 10), ["z"], (0,)), ((4, 8, 10), ["y", "x"], (1, 2)),
+    ((4, 8, 10), True, (0, 1, 2)),
+])
+def test_flips_mirror_exactly_the_named_axes(shape, flips, mirrored):
+    img = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)  # no symmetry: every flip shows
+    mask = (img % 7).astype(np.uint8)
+    out, m = augment(img[None], mask, {**NO_ROT, "flips": flips}, np.random.default_rng(0))  # probability 1
+    expected = np.flip(img, mirrored) if mirrored else img
+    np.testing.assert_array_equal(out[0], expected)
+    np.testing.assert_array_equal(m, np.flip(mask, mirrored) if mirrored else mask)
+
+
+def test_horizontal_flips_never_turn_an_image_upside_down():
+    img = np.arange(64, dtype=np.float32).reshape(8, 8)
+    cfg = {**NO_ROT, "flips": ["x"], "probability": 0.5}
+    seen = set()
+    for seed in range(20):
+        out, _ = augment(img[None], None, cfg, np.random.default_rng(seed))
+        assert np.array_equal(out[0], img) or np.array_equal(out[0], img[:, ::-1])
+        seen.add(np.array_equal(out[0], img))
+    assert seen == {True, False}  # both outcomes happen
+
+
+@pytest.mark.parametrize("spatial, flips, rot90, expected", [
+    ((8, 8), ["x"], False, [((), 0), ((1,), 0)]),
+    ((8, 8), ["y"], False, [((), 0), ((0,), 0)]),
+    ((4, 8, 8), ["x", "y"], False, [((), 0), ((1,), 0), ((2,), 0), ((1, 2), 0)]),
+    ((4, 8, 8), ["z"], False, [((), 0), ((0,), 0)]),
+])
+def test_tta_follows_the_training_flip_axes(spatial, flips, rot90, expected):
+    assert tta_transforms(spatial, flips, rot90) == expected
+    flags = tta_flags({**NO_ROT, "flips": flips})
+    assert flags == {"flips": flips, "rot90": False}
+    assert len(tta_ops(spatial, **flags)) == len(expected)
+
+
+def test_a_horizontal_flip_with_quarter_turns_generates_the_whole_square_group():
+    # x flips + rot90 generate every symmetry of the square: TTA equals the full set
+    assert len(tta_transforms((8, 8), ["x"], True)) == 8

@@ -230,3 +230,23 @@ def test_more_errors_name_the_key(overrides, needle):
 def test_the_schema_lists_exactly_the_registered_workflows():
     from bioflow import workflows
     assert sorted(config.WORKFLOWS) == workflows.names()
+
+
+@pytest.mark.parametrize("flips, ndim, ok", [
+    (["x"], 2, True), (["x", "y"], 2, True), (["x", "y", "z"], 3, True), ([], 2, True), (True, 3, True),
+    (["z"], 2, False), (["x", "x"], 2, False), (["w"], 2, False), ("x", 2, False),
+])
+def test_flips_per_axis(flips, ndim, ok):
+    patch = [8, 8, 8][:ndim]
+    cfg = _cfg(experiment={"ndim": ndim}, data={"patch_size": patch}, train={"augmentation": {"flips": flips}})
+    if ok:
+        assert config.validate(cfg)["train"]["augmentation"]["flips"] == flips
+    else:
+        with pytest.raises(BioflowError) as err:
+            config.validate(cfg)
+        assert "train.augmentation.flips" in str(err.value)
+
+
+def test_flips_from_the_command_line():
+    cfg = config.validate(_cfg(train={"augmentation": {"flips": "[x]"}}))
+    assert cfg["train"]["augmentation"]["flips"] == ["x"]

@@ -52,8 +52,10 @@ def test_first_run_built_everything_once_per_run_id(run):
     assert planned_jobs(run["workdir"], run["config"]) == Counter()
 
 
-@pytest.mark.parametrize("overrides", [{"inference": {"tta": True}}, {"inference": {"overlap": 0.5}}],
-                         ids=["tta", "overlap"])
+# a threshold chosen on validation is read from the checkpoint at prediction: never retrains
+@pytest.mark.parametrize("overrides", [{"inference": {"tta": True}}, {"inference": {"overlap": 0.5}},
+                                       {"inference": {"threshold": "youden"}}, {"inference": {"threshold": 0.3}}],
+                         ids=["tta", "overlap", "threshold_youden", "threshold_number"])
 def test_inference_key_reruns_inference_onward_not_training(run, overrides):
     cfg = changed_config(run, overrides, "inference_changed")
     assert planned_jobs(run["workdir"], cfg) == DOWNSTREAM_OF_PREDICT

@@ -62,6 +62,8 @@ def test_classification_model_exports_and_matches_pytorch(classification_run):
     # a batch of another size goes through both files
     assert_match(outputs(out, ckpt_of(cfg), np.random.default_rng(1).normal(size=(3, 1, 28, 28)).astype(np.float32)))
     assert info["output"]["class_names"] == ["normal", "pneumonia"] and info["output"]["axes"] == "bc"
+    thr = info["output"]["validation_thresholds"]  # chosen on validation at training
+    assert thr["kind"] == "binary" and 0 < thr["youden"]["threshold"] < 1
     assert info["input"]["dynamic_axes"] == ["b"] and info["input"]["normalization"]["statistics"]["mean"]
     assert all(d <= 1e-4 for d in info["max_abs_diff_to_pytorch"].values())
     assert info["provenance"]["config_hash"] and info["provenance"]["manifest_sha256"]

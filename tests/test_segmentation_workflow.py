@@ -77,6 +77,15 @@ def test_train_predict_postprocess_metrics(make_cfg, dsb_folders, nuclei3d_folde
     html = Path(call(cfg, "report")).read_text()
     worst = per_image.sort_values("per_image_iou_foreground")["file"].iloc[0]
     assert "Per image, worst first" in html and html.index(worst) < html.index("Configuration")
+    # what the model gets wrong: image | truth | prediction of the worst / median / best image
+    examples = saved["examples"]
+    scored = per_image.dropna(subset=["per_image_iou_foreground"])
+    assert examples[0]["which"] == "worst"
+    assert examples[0]["iou_foreground"] == pytest.approx(scored["per_image_iou_foreground"].min())
+    assert examples[-1]["iou_foreground"] == pytest.approx(scored["per_image_iou_foreground"].max())
+    assert len(examples) == min(3, len(scored)) and all((rd / e["image"]).is_file() for e in examples)
+    assert ("z" in examples[0]) and (examples[0]["z"] is None) == (ndim == 2)
+    assert "Worst, median and best test images" in html
 
 
 def test_unlabelled_test_set(make_cfg, dsb_folders):

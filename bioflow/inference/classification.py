@@ -6,9 +6,14 @@ checkpoint (which carries the normalization statistics) is needed besides the im
 rotations.
 
 ``predictions.csv`` columns: ``file`` (relative to the test folder), ``true_class`` (empty
-when unknown), ``pred_class``, ``prob_<class>``...; multi-label: ``true_class`` /
+when unknown), ``pred_class`` (argmax), ``prob_<class>``...; multi-label: ``true_class`` /
 ``pred_class`` hold the ``;``-joined label names, plus ``prob_<label>``, ``pred_<label>`` (0/1)
 and ``true_<label>`` (0/1, empty when unknown).
+
+With ``inference.threshold`` other than argmax (binary and multi-label, see
+:mod:`bioflow.metrics.thresholds`), the thresholded decision comes beside the argmax one:
+``pred_class_thresholded``, ``threshold_method`` and ``threshold`` (binary: on
+``prob_<class_names[1]>``); multi-label: ``threshold_<label>`` and ``pred_thresholded_<label>``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from bioflow.data.manifest import load_manifest
 from bioflow import progress
 from bioflow.errors import BioflowError
 from bioflow.inference import shards
+from bioflow.metrics import thresholds
 from bioflow.models import precision
 from bioflow.models.checkpoint import load_model_from_checkpoint
 
@@ -94,6 +100,8 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[i
         raise BioflowError(f"data.metadata_csv: test images lack metadata; the model {ckpt_path} "
                            f"fuses metadata, add rows for the test images")
     inf = cfg["inference"]
+    # thresholds were chosen on the validation set at training (the checkpoint's record)
+    thr = thresholds.resolve(inf["threshold"], hp.get("validation"), len(names), multilabel, ckpt_path)
     batch = int(inf["batch_size"]) * 4
     entries = entries[shards.part(len(entries), batch, shard)]
     ds = ClassificationDataset(manifest, entries, stats, train_data_cfg, None, multilabel,
@@ -108,7 +116,7 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[i
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False,
                                              **loader_kwargs(cfg["train"]["num_workers"]))
         probs = predict_proba(model, loader, torch.device(policy.device), multilabel, flags, policy)
-        return [{**_row(e, p, names, multilabel, test_root, inf), "precision": policy.precision}
+        return [{**_row(e, p, names, multilabel, test_root, inf, thr), "precision": policy.precision}
                 for e, p in zip(items, probs)]
 
     run_dir = Path(run_dir)
@@ -124,12 +132,13 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[i
             rows += done
     out = run_dir / "predictions.csv"
     shards.write_csv(rows, out, float_format="%.6g")
-    log.info("predict run %s: %d test images -> %s (tta %s)", run_id, len(rows), out, inf["tta"])
+    log.info("predict run %s: %d test images -> %s (tta %s, threshold %s)", run_id, len(rows), out, inf["tta"],
+             "argmax" if thr is None else f"{thr['method']} {thr['threshold']}")
     return out
 
 
-def _row(e: dict, p: np.ndarray, names: list[str], multilabel: bool, test_root, inf) -> dict:
-    """One predictions.csv row (see the module docstring)."""
+def _row(e: dict, p: np.ndarray, names: list[str], multilabel: bool, test_root, inf, thr=None) -> dict:
+    """One predictions.csv row (see the module docstring); ``thr``: of thresholds.resolve."""
     row = {"file": _display_name(e, test_root)}
     if multilabel:
         pred = (p >= float(inf["binarize_threshold"])).astype(int)
@@ -142,10 +151,23 @@ def _row(e: dict, p: np.ndarray, names: list[str], multilabel: bool, test_root, 
             row[f"pred_{n}"] = int(pred[j])
         for j, n in enumerate(names):
             row[f"true_{n}"] = "" if true is None else int(true[j])
+        if thr is not None:
+            ts = np.asarray(thr["threshold"], dtype=np.float64)
+            tpred = (p >= ts).astype(int)
+            row["pred_class_thresholded"] = ";".join(n for n, t in zip(names, tpred) if t)
+            row["threshold_method"] = thr["method"]
+            for j, n in enumerate(names):
+                row[f"threshold_{n}"] = float(ts[j])
+            for j, n in enumerate(names):
+                row[f"pred_thresholded_{n}"] = int(tpred[j])
     else:
         label = e.get("label")
         row["true_class"] = "" if label is None else names[int(label)]
         row["pred_class"] = names[int(np.argmax(p))]
         for j, n in enumerate(names):
             row[f"prob_{n}"] = float(p[j])
+        if thr is not None:  # binary: the positive class is names[1]
+            row["pred_class_thresholded"] = names[int(p[1] >= thr["threshold"])]
+            row["threshold_method"] = thr["method"]
+            row["threshold"] = float(thr["threshold"])
     return row

@@ -3,8 +3,9 @@
 :func:`classification_metrics` / :func:`multilabel_metrics` compute the numbers with
 ``sklearn.metrics``; :func:`bootstrap_ci` (ours) adds 95% percentile intervals from
 ``metrics.bootstrap`` resamples of the test set; :func:`evaluate` is the stage:
-``predictions.csv`` -> ``metrics.json``, ``metrics.csv`` and ``confusion_matrix.png`` in the
-run folder.
+``predictions.csv`` -> ``metrics.json``, ``metrics.csv``, ``confusion_matrix.png`` and
+``mistakes/`` (thumbnails of the most confident mistakes per class, listed in metrics.json) in
+the run folder.
 
 Conventions: precision / recall / F1 are macro averages over every class with
 ``zero_division=0``; balanced accuracy averages recall over the classes present (sklearn);
@@ -27,6 +28,7 @@ from sklearn import metrics as skm
 from bioflow.data.manifest import load_manifest
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path, write_json
+from bioflow.metrics import gallery
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +64,10 @@ def macro_auc(y, probs) -> float:
     return float(np.nanmean(aucs)) if not np.isnan(aucs).all() else float("nan")
 
 
-def _single_label(y, probs, n_classes: int) -> dict:
-    """The CI metrics plus per-class arrays, with as few sklearn calls as the bootstrap allows."""
-    pred = probs.argmax(1)
+def _single_label(y, probs, n_classes: int, pred=None) -> dict:
+    """The CI metrics plus per-class arrays, with as few sklearn calls as the bootstrap allows;
+    ``pred``: the decisions (default: argmax of ``probs``)."""
+    pred = probs.argmax(1) if pred is None else pred
     labels = list(range(n_classes))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y, pred, labels=labels, average=None, zero_division=0)
@@ -76,11 +79,12 @@ def _single_label(y, probs, n_classes: int) -> dict:
             "_per_class": (precision, recall, f1, support), "_pred": pred}
 
 
-def classification_metrics(y, probs, class_names: list[str]) -> dict:
-    """Single-label metrics of integer labels ``y`` and probabilities ``probs`` ``(N, C)``."""
+def classification_metrics(y, probs, class_names: list[str], pred=None) -> dict:
+    """Single-label metrics of integer labels ``y`` and probabilities ``probs`` ``(N, C)``;
+    ``pred``: integer decisions when not the argmax (a threshold chosen on validation)."""
     y = np.asarray(y, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
-    out = _single_label(y, probs, len(class_names))
+    out = _single_label(y, probs, len(class_names), None if pred is None else np.asarray(pred, dtype=np.int64))
     precision, recall, f1, support = out.pop("_per_class")
     pred = out.pop("_pred")
     out["confusion_matrix"] = skm.confusion_matrix(y, pred, labels=list(range(len(class_names)))).tolist()
@@ -92,11 +96,12 @@ def classification_metrics(y, probs, class_names: list[str]) -> dict:
     return out
 
 
-def multilabel_metrics(y, probs, label_names: list[str], threshold: float = 0.5) -> dict:
-    """Multi-label metrics of 0/1 targets ``(N, L)`` and sigmoid probabilities ``(N, L)``."""
+def multilabel_metrics(y, probs, label_names: list[str], threshold=0.5, pred=None) -> dict:
+    """Multi-label metrics of 0/1 targets ``(N, L)`` and sigmoid probabilities ``(N, L)``;
+    ``threshold``: one or one per label; ``pred``: 0/1 decisions ``(N, L)`` instead."""
     y = np.asarray(y, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
-    pred = (probs >= threshold).astype(np.int64)
+    pred = (probs >= np.asarray(threshold)).astype(np.int64) if pred is None else np.asarray(pred, dtype=np.int64)
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y, pred, average=None, zero_division=0)
     aucs = [binary_auc(y[:, j], probs[:, j]) for j in range(y.shape[1])]
@@ -116,27 +121,51 @@ def multilabel_metrics(y, probs, label_names: list[str], threshold: float = 0.5)
 
 
 def bootstrap_ci(y, probs, class_names, n_resamples: int, seed: int = 0, multilabel: bool = False,
-                 metrics=CI_METRICS) -> dict:
+                 metrics=CI_METRICS, pred=None) -> dict:
     """95% percentile intervals ``{metric: [lo, hi]}`` over ``n_resamples`` resamples (with
-    replacement, seeded) of the test samples; metrics undefined in a resample are skipped."""
+    replacement, seeded) of the test samples; metrics undefined in a resample are skipped.
+    ``pred``: the decisions when not the argmax / 0.5 (resampled with the samples)."""
     if n_resamples <= 0 or len(y) == 0:
         return {}
     y, probs = np.asarray(y), np.asarray(probs)
+    pred = None if pred is None else np.asarray(pred)
     rng = np.random.default_rng(seed)
-    fn = (lambda a, b: multilabel_metrics(a, b, class_names)) if multilabel else \
-        (lambda a, b: _single_label(a, b, len(class_names)))
+    fn = (lambda a, b, d: multilabel_metrics(a, b, class_names, pred=d)) if multilabel else \
+        (lambda a, b, d: _single_label(a, b, len(class_names), d))
     values = {m: [] for m in metrics}
     # the inputs were checked once by the caller; sklearn's per-call validation would dominate
     with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
         for _ in range(int(n_resamples)):
             idx = rng.integers(0, len(y), len(y))
-            res = fn(y[idx], probs[idx])
+            res = fn(y[idx], probs[idx], None if pred is None else pred[idx])
             for m in metrics:
                 v = res.get(m)
                 if v is not None and not (isinstance(v, float) and math.isnan(v)):
                     values[m].append(v)
     return {m: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
             for m, v in values.items() if v}
+
+
+def thresholded_metrics(df: pd.DataFrame, y, probs, names: list[str], multilabel: bool, n_boot: int) -> dict:
+    """Metrics of the thresholded decisions of predictions.csv (``inference.threshold``): the
+    decisions as predict made them, with their threshold(s) and bootstrap intervals. AUC does not
+    depend on the threshold: it stays with the argmax metrics."""
+    if multilabel:
+        pred = df[[f"pred_thresholded_{c}" for c in names]].astype(int).to_numpy()
+        out = multilabel_metrics(y, probs, names, pred=pred)
+        out["threshold"] = {c: float(df[f"threshold_{c}"].iloc[0]) for c in names}
+        ci = bootstrap_ci(y, probs, names, n_boot, multilabel=True, metrics=("accuracy", "f1_macro"), pred=pred)
+    else:
+        pred = df["pred_class_thresholded"].map({c: i for i, c in enumerate(names)}).to_numpy()
+        out = classification_metrics(y, probs, names, pred=pred)
+        out["threshold"] = float(df["threshold"].iloc[0])
+        out["positive_class"] = names[1]
+        ci = bootstrap_ci(y, probs, names, n_boot, metrics=tuple(m for m in CI_METRICS if m != "auc"), pred=pred)
+    for k in ("auc", "class_names", "n_samples", "multilabel"):
+        out.pop(k, None)
+    out["method"] = str(df["threshold_method"].iloc[0])
+    out["ci95"] = ci
+    return out
 
 
 # --- the stage -------------------------------------------------------------------------------
@@ -169,6 +198,11 @@ def _write_csv(metrics: dict, path: Path) -> None:
         for name, vals in (metrics.get(group) or {}).items():
             for k, v in vals.items():
                 rows.append({"metric": f"{k}[{name}]", "value": v, "ci95_lo": None, "ci95_hi": None})
+    thr = metrics.get("thresholded") or {}
+    for k, v in thr.items():  # the decisions at the threshold chosen on validation
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            lo, hi = thr["ci95"].get(k, [None, None])
+            rows.append({"metric": f"thresholded.{k}", "value": v, "ci95_lo": lo, "ci95_hi": hi})
     with atomic_path(path) as tmp:
         pd.DataFrame(rows, columns=["metric", "value", "ci95_lo", "ci95_hi"]).to_csv(tmp, index=False)
 
@@ -218,6 +252,11 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
         out = classification_metrics(y, probs, names)
         out["ci95"] = bootstrap_ci(y, probs, names, B)
         _plot_confusion(out["confusion_matrix"], names, run_dir / "confusion_matrix.png")
+    if "threshold_method" in labelled:  # inference.threshold: the chosen decision beside argmax
+        out["thresholded"] = thresholded_metrics(labelled, y, probs, names, multilabel, B)
+    # what the model gets wrong, with thumbnails, for the report
+    out["mistakes"] = gallery.classification_mistakes(df, labelled, manifest, names, multilabel,
+                                                      run_dir / "mistakes")
     out.update({"labels_available": True, "n_predictions": int(n_pred), "run_id": run_id,
                 "bootstrap": B})
     write_json(run_dir / "metrics.json", out)

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from bioflow.data.manifest import entries, load_manifest, read_entry_mask, relative_name
+from bioflow.data.manifest import entries, load_manifest, read_entry_image, read_entry_mask, relative_name
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path, read_json, write_json
+from bioflow.metrics import gallery
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,23 @@ def _label_image(path: Path, ndim: int, n_classes: int) -> np.ndarray:
     return arr
 
 
+def _examples(manifest, labelled, rows, run_dir: Path, ndim: int, n_classes: int) -> list[dict]:
+    """``run_dir/overlays/{worst,median,best}.png`` by per-image foreground IoU (the tiled
+    prediction), listed for metrics.json and the report."""
+    by_name = {relative_name(e): e for e in labelled}
+
+    def load(name):
+        e = by_name[name]
+        pred = _label_image(run_dir / "per_image" / (Path(name).stem + ".tif"), ndim, n_classes)
+        return read_entry_image(manifest, e), read_entry_mask(manifest, e), pred
+
+    picks = gallery.pick_examples([(r["file"], r.get("per_image_iou_foreground")) for r in rows])
+    return gallery.segmentation_examples(picks, load, ndim, run_dir / "overlays")
+
+
 def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
-    """Stage metrics: ``run_dir/metrics.json`` + ``run_dir/metrics_per_image.csv``."""
+    """Stage metrics: ``run_dir/metrics.json`` + ``run_dir/metrics_per_image.csv`` +
+    ``run_dir/overlays/`` (image | truth | prediction of the worst, median and best test images)."""
 
     run_dir = Path(run_dir)
     manifest = load_manifest(manifest_path)
@@ -183,6 +199,7 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
                           for lvl in ("per_patch", "per_image", "full_image", "post_processing")
                           if counts.get(lvl)}
     result["n_scored_images"] = len(rows)
+    result["examples"] = _examples(manifest, labelled, rows, run_dir, ndim, n_classes)
     write_json(run_dir / "metrics.json", result)
     with atomic_path(run_dir / "metrics_per_image.csv") as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)

@@ -4,7 +4,9 @@ The train stage writes ``hyper_parameters`` into every checkpoint: ``cfg`` (the 
 config slice: architecture and its arguments, ``experiment.ndim``, ``data.channels``,
 ``data.patch_size``, normalization and the other training-time data settings), ``class_names``,
 ``normalization`` (the training statistics), ``model_extra`` (extra ``build_model`` arguments)
-and ``provenance``. Prediction needs nothing else, which is what makes a predict-only experiment
+``provenance`` and, for binary and multi-label classifiers, ``validation`` (decision thresholds
+chosen on the best epoch's validation probabilities, :mod:`bioflow.metrics.thresholds`).
+Prediction needs nothing else, which is what makes a predict-only experiment
 (``model.checkpoint``) possible. Here, below training, so inference needs no training code.
 """
 

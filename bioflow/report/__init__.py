@@ -21,7 +21,10 @@ from bioflow.provenance import library_versions
 # metrics.json keys that are not scalar summaries shown in the main table: matrices, tables
 # shown elsewhere, and bookkeeping (counts, settings) that would read like a metric
 _SKIP = {"confusion_matrix", "class_names", "ci95", "per_class", "labels_available", "per_label",
-         "run_id", "bootstrap", "n_samples", "n_predictions", "n_images", "n_patches", "threshold"}
+         "run_id", "bootstrap", "n_samples", "n_predictions", "n_images", "n_patches", "threshold",
+         "mistakes", "examples"}
+# nested parts of a metrics.json (e.g. under "thresholded") that are tables, not summaries
+_SKIP_NESTED = {"confusion_matrix", "class_names", "ci95", "per_class", "per_label"}
 # train_summary.json fields worth a column (paths and hashes stay in the file)
 _TRAIN_COLUMNS = ("monitor", "best_score", "best_epoch", "epochs_run", "stop_reason", "resumed", "wall_time_s",
                   "device", "precision")
@@ -31,7 +34,7 @@ def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
     """Scalar numbers of a (nested) metrics dict as ``{"iou.per_image.foreground": 0.8, ...}``."""
     out: dict[str, float] = {}
     for key, value in metrics.items():
-        if not prefix and key in _SKIP:
+        if (not prefix and key in _SKIP) or (prefix and key in _SKIP_NESTED):
             continue
         name = f"{prefix}{key}"
         if isinstance(value, bool):
@@ -120,7 +123,8 @@ def build_html(cfg: dict, run_dirs: list[str | Path], config_text: str | None = 
     else:
         parts.append("<p>No test labels: predictions only (see predictions.csv in each run folder).</p>")
 
-    cis = {r: m["ci95"] for r, m in metrics.items() if isinstance(m.get("ci95"), dict)}
+    cis = {r: {**m.get("ci95", {}), **{f"thresholded.{k}": v for k, v in (m.get("thresholded") or {}).get("ci95", {}).items()}}
+           for r, m in metrics.items() if isinstance(m.get("ci95"), dict)}
     if cis:
         parts.append("<h2>95% bootstrap confidence intervals</h2>")
         rows = [[html.escape(r), html.escape(k), f"[{_fmt(lo)}, {_fmt(hi)}]"]

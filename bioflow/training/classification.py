@@ -22,6 +22,7 @@ from bioflow.data.classification import ClassificationDataModule
 from bioflow.data.manifest import load_manifest
 from bioflow.data.normalization import load_stats
 from bioflow.errors import BioflowError
+from bioflow.metrics import thresholds
 from bioflow.models import build_model
 from bioflow.training.engine import BioflowModule, fit, seed_run
 from bioflow.training.losses import build_loss, resolve_class_weights
@@ -88,6 +89,15 @@ def metric_functions(multilabel: bool) -> dict:
     return {"acc": acc, "auc": auc, "bal_acc": bal_acc}
 
 
+def val_record(multilabel: bool):
+    """The trainer's ``val_record``: decision thresholds chosen on an epoch's validation
+    probabilities (binary and multi-label; see bioflow.metrics.thresholds)."""
+    def record(logits, target):
+        probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)
+        return thresholds.validation_record(probs.numpy(), target.numpy(), multilabel)
+    return record
+
+
 def _quiet(fn, *args, **kwargs):
     # torchmetrics warns about classes without positives; those are left out of the mean above
     with warnings.catch_warnings():
@@ -137,7 +147,8 @@ def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> di
         "model_extra": {"n_metadata": dm.n_metadata}, "class_counts": counts, "normalization": stats,
         "class_weights": cw, "seed": seed, "bioflow_version": __version__,
     }
-    module = BioflowModule(model, loss, cfg["train"], metric_functions(multilabel), hparams)
+    module = BioflowModule(model, loss, cfg["train"], metric_functions(multilabel), hparams,
+                           val_record=val_record(multilabel))
     log.info("train run %s: %d train / %d val images, classes %s, counts %s, class weights %s, "
              "monitor %s", run_id, len(dm.train_dataset), len(dm.val_dataset), classes, counts,
              None if cw is None else np.round(cw, 3).tolist(), monitor)

@@ -121,11 +121,16 @@ class BioflowModule(pl.LightningModule):
     ``epoch_metrics=True`` (default) evaluates the metrics once per epoch on the concatenated
     validation outputs (needed for AUC); ``False`` averages them over batches (use it when the
     outputs are too large to keep, e.g. 3D segmentation).
+
+    ``val_record(logits, target) -> dict | None`` (with ``epoch_metrics``): plain data about each
+    epoch's validation outputs, saved in that epoch's checkpoints as ``validation`` and moved into
+    the best checkpoint's ``hyper_parameters`` by :func:`fit` (e.g. decision thresholds chosen on
+    the best epoch's validation probabilities).
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Callable, train_cfg: dict,
                  metric_fns: dict[str, Callable] | None = None, hparams: dict | None = None,
-                 epoch_metrics: bool = True):
+                 epoch_metrics: bool = True, val_record: Callable | None = None):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
@@ -138,6 +143,7 @@ class BioflowModule(pl.LightningModule):
         # a deep copy turns a stage's config slice (StageConfig) into plain dicts
         self.save_hyperparameters(plain(copy.deepcopy(dict(hparams or {})), "hparams"))
         self._val_logits, self._val_targets = [], []
+        self.val_record, self._val_record = val_record, None
 
     def forward(self, x, meta=None):
         x = self.policy.prepare_input(x)  # autocast comes from the Trainer's precision plugin
@@ -166,7 +172,7 @@ class BioflowModule(pl.LightningModule):
         return loss
 
     def on_validation_epoch_end(self):
-        if not (self.epoch_metrics and self._val_logits and self.metric_fns):
+        if not (self.epoch_metrics and self._val_logits and (self.metric_fns or self.val_record)):
             self._val_logits, self._val_targets = [], []
             return
         logits, target = torch.cat(self._val_logits), torch.cat(self._val_targets)
@@ -178,6 +184,14 @@ class BioflowModule(pl.LightningModule):
         for name, fn in self.metric_fns.items():
             value = torch.as_tensor(fn(logits, target), dtype=torch.float32)
             self.log(f"val_{name}", value, on_step=False, on_epoch=True, prog_bar=True)
+        if self.val_record is not None:
+            rec = self.val_record(logits, target)
+            self._val_record = None if rec is None else plain({**rec, "epoch": int(self.current_epoch)}, "val_record")
+
+    def on_save_checkpoint(self, checkpoint):
+        # saved after this epoch's validation: the best checkpoint holds its own epoch's record
+        if self._val_record is not None:
+            checkpoint["validation"] = self._val_record
 
     def configure_optimizers(self):
         epochs = max(int(self.trainer.max_epochs or self.train_cfg["epochs"]), 1)
@@ -351,7 +365,9 @@ def _copy_weights_only(src: Path, dst: Path, prov: dict) -> None:
     ck = load_tensors(src, "checkpoint")
     for k in ("optimizer_states", "lr_schedulers"):
         ck.pop(k, None)
-    ck["hyper_parameters"] = {**ck["hyper_parameters"], "provenance": prov}
+    validation = ck.pop("validation", None)  # BioflowModule.val_record of the best epoch
+    ck["hyper_parameters"] = {**ck["hyper_parameters"], "provenance": prov,
+                              **({"validation": validation} if validation is not None else {})}
     with atomic_path(dst) as tmp:
         torch.save(ck, tmp)
 

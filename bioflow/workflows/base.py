@@ -80,6 +80,8 @@ class Workflow:
     # inputs only some workflows read: multi-label targets, CSV / .npz data and metadata
     multilabel: ClassVar[bool] = False
     reads_csv: ClassVar[bool] = False
+    # inference.threshold (decision thresholds chosen on validation) applies
+    thresholds: ClassVar[bool] = False
     layout_hint: ClassVar[str] = "a folder"  # for messages: what data.train should be
     # keys a workflow's version of a shared stage reads besides the shared ones
     extra_keys: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -254,6 +256,9 @@ class Workflow:
         if cfg["model"]["multilabel"] and not self.multilabel:
             problems.append(f"model.multilabel: the {self.name} workflow is not multi-label; only "
                             f"classification is")
+        if cfg["inference"]["threshold"] != "argmax" and not self.thresholds:
+            problems.append(f"inference.threshold: decision thresholds are for binary and multi-label "
+                            f"classification, not {self.name}; remove inference.threshold")
         for key in ("csv", "metadata_csv"):
             if cfg["data"][key] and not self.reads_csv:
                 problems.append(f"data.{key}: CSV input is for the classification workflow; give "

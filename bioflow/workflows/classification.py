@@ -27,6 +27,7 @@ class Classification(Workflow):
     name = "classification"
     multilabel = True
     reads_csv = True
+    thresholds = True
     extra_keys: ClassVar[dict] = {
         "validate_train": ("model.multilabel", "data.labels_csv", "data.metadata_csv", "data.csv_options"),
         "validate_test": ("model.multilabel", "data.labels_csv", "data.metadata_csv", "data.csv_options"),
@@ -43,7 +44,7 @@ class Classification(Workflow):
 
     def outputs(self, stage_name: str, cfg: dict) -> dict[str, str]:
         if stage_name == "metrics" and cfg["data"]["test_has_labels"]:
-            out = {"csv": "metrics.csv"}
+            out = {"csv": "metrics.csv", "mistakes_dir": "mistakes"}
             return out if cfg["model"]["multilabel"] else {**out, "confusion": "confusion_matrix.png"}
         return {}
 
@@ -56,7 +57,16 @@ class Classification(Workflow):
             problems.append("model.multilabel: true needs data.labels_csv (one 0/1 column per label)")
         if not cfg["model"]["multilabel"] and cfg["model"]["n_classes"] < 2:
             problems.append("model.n_classes: single-label classification needs at least 2 classes")
+        thr = cfg["inference"]["threshold"]
+        if thr != "argmax" and not cfg["model"]["multilabel"] and cfg["model"]["n_classes"] > 2:
+            problems.append(f"inference.threshold: {thr} is for binary and multi-label models; with "
+                            f"model.n_classes {cfg['model']['n_classes']} set inference.threshold: argmax")
         return problems
+
+    def report_sections(self, cfg, run_dirs):
+        """The thresholded decision beside argmax, and the most confident mistakes per class."""
+        from bioflow.report import review  # not needed for `snakemake -n`
+        return review.threshold_section(run_dirs) + review.mistakes_section(run_dirs)
 
     # --- layout ----------------------------------------------------------------------------
 

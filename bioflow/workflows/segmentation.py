@@ -54,7 +54,7 @@ class SemanticSegmentation(Workflow):
             patches = labels and cfg["inference"]["patch_metrics"] != "off"
             return {**out, "patch_metrics": "patch_metrics.json"} if patches else out
         if stage_name == "metrics" and labels:
-            return {"per_image_csv": "metrics_per_image.csv"}
+            return {"per_image_csv": "metrics_per_image.csv", "overlays_dir": "overlays"}
         return {}
 
     def check_config(self, cfg: dict) -> list[str]:
@@ -85,7 +85,8 @@ class SemanticSegmentation(Workflow):
             df = df.sort_values(cols[0]).head(20)
             rows = [[r["file"]] + [f"{r[c]:.4f}" for c in cols] for _, r in df.iterrows()]
             out.append(f"<h3>Per image, worst first: {d.name}</h3>" + table(["file"] + cols, rows))
-        return out
+        from bioflow.report import review
+        return review.overlays_section(run_dirs) + out
 
     # --- layout ----------------------------------------------------------------------------
 
