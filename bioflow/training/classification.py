@@ -19,7 +19,7 @@ from torchmetrics.functional.classification import (multiclass_accuracy, multicl
 
 from bioflow import __version__
 from bioflow.data.classification import ClassificationDataModule
-from bioflow.data.manifest import load_manifest
+from bioflow.data.manifest import fold_info, for_run, load_manifest
 from bioflow.data.normalization import load_stats
 from bioflow.errors import BioflowError
 from bioflow.models import build_model
@@ -100,7 +100,7 @@ def _pos_weights(counts, total: int) -> list[float]:
 
 
 def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> dict:
-    manifest = load_manifest(manifest_path)
+    manifest = for_run(load_manifest(manifest_path), run_id, cfg["data"]["cv_folds"], manifest_path)
     stats = load_stats(norm_path)
     multilabel = bool(cfg["model"]["multilabel"] or manifest.get("multilabel"))
     classes = list(manifest["classes"])
@@ -142,5 +142,5 @@ def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> di
              "monitor %s", run_id, len(dm.train_dataset), len(dm.val_dataset), classes, counts,
              None if cw is None else np.round(cw, 3).tolist(), monitor)
     summary = fit(cfg, run_id, module, dm, ckpt_path, run_dir, monitor=monitor, mode=mode,
-                  manifest_path=manifest_path)
+                  manifest_path=manifest_path, summary_extra=fold_info(manifest))
     return summary

@@ -19,7 +19,8 @@ from bioflow.workflows.base import Workflow, stage
 # What the model is built from: architecture and its arguments, input geometry, classes.
 MODEL_KEYS = ("experiment.workflow", "experiment.ndim", "data.channels", "data.patch_size", "model")
 # How training reads the images (resize / normalization) and trains.
-TRAIN_KEYS = MODEL_KEYS + ("data.resize", "data.normalization", "data.metadata_csv", "train")
+# data.cv_folds: which images a fold trains on (also in the resume hash: another k, another fold)
+TRAIN_KEYS = MODEL_KEYS + ("data.resize", "data.normalization", "data.metadata_csv", "data.cv_folds", "train")
 RUNTIME_TRAIN_KEYS = ("train.num_workers", "train.n_sample_images", "inference.batch_size")
 
 
@@ -27,6 +28,7 @@ class Classification(Workflow):
     name = "classification"
     multilabel = True
     reads_csv = True
+    ensemble_predicts = False  # predictions.csv holds every probability: averaged, no forward pass
     extra_keys: ClassVar[dict] = {
         "validate_train": ("model.multilabel", "data.labels_csv", "data.metadata_csv", "data.csv_options"),
         "validate_test": ("model.multilabel", "data.labels_csv", "data.metadata_csv", "data.csv_options"),
@@ -114,6 +116,13 @@ class Classification(Workflow):
         from bioflow.inference import classification  # torch: kept out of `snakemake -n`
         return classification.predict(cfg, job.run_id, job.input["ckpt"], job.input["manifest"],
                                       job.params["run_dir"], job.params.get("shard"))
+
+    @stage("model.multilabel", "inference.binarize_threshold")
+    def ensemble(self, cfg: StageConfig, job: Job) -> Path:
+        """The runs' test probabilities averaged (their predictions.csv) into the ensemble's."""
+        from bioflow.inference import ensemble  # pandas: kept out of `snakemake -n`
+        return ensemble.average_predictions(cfg, job.input["predictions"], job.input["manifest"],
+                                            job.params["run_dir"])
 
     @stage("data.test_has_labels", "model.multilabel", "metrics")
     def metrics(self, cfg: StageConfig, job: Job) -> dict:
