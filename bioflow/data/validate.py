@@ -18,7 +18,9 @@ Two parts, two manifests (:data:`PARTS`): train + val (what training reads) and 
 prediction reads). Validation split when ``data.val`` is null (or, with ``data.csv``, when
 the CSV had no val rows): a ``data.val_split`` fraction of train, stratified by class for
 classification, seeded by ``experiment.split_seed``; stored in the manifest so every run_id
-shares it.
+shares it. Cross-validation (``data.cv_folds: k``): train and val pooled, each entry given its
+``fold`` 1..k by the same seeded, stratified-when-possible splitting; run i validates on fold i
+(``bioflow.data.manifest.for_run``).
 """
 
 from __future__ import annotations
