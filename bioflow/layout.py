@@ -11,6 +11,8 @@ from dataclasses import dataclass
 # The pseudo run_id of the ensemble of an experiment's run_ids (its results folder is
 # results/<name>_ensemble, beside the runs').
 ENSEMBLE = "ensemble"
+# cross-validation, in a fold's run folder: its model's predictions of its held-out fold
+OOF_PREDICTIONS = "oof_predictions.csv"
 
 
 @dataclass(frozen=True)

@@ -213,3 +213,33 @@ def test_report_shows_the_ensemble_beside_the_runs_and_out_of_fold_scores(tmp_pa
     assert "<th>e_ensemble</th>" in page and "<td>e_ensemble</td><td>accuracy</td><td>[0.9000, 0.9900]</td>" in page
     assert "Cross-validation: out-of-fold validation (2 folds)" in page
     assert "0.7500 ± 0.0707" in page  # mean ± sd of the folds' validation scores
+
+
+def test_out_of_fold_metrics_pool_the_folds_held_out_predictions(tmp_path):
+    from bioflow.metrics.classification import classification_metrics, out_of_fold
+    rng = np.random.default_rng(0)
+    parts, ys, ps = [], [], []
+    for fold in (1, 2):
+        p = rng.dirichlet([1, 1], size=10)
+        y = rng.integers(0, 2, 10)
+        pd.DataFrame({"file": [f"/{fold}/{i}.png" for i in range(10)], "fold": fold,
+                      "true_class": [("a", "b")[v] for v in y], "prob_a": p[:, 0], "prob_b": p[:, 1]}
+                     ).to_csv(tmp_path / f"{fold}.csv", index=False)
+        parts.append(tmp_path / f"{fold}.csv")
+        ys.append(y)
+        ps.append(p)
+    m = out_of_fold(parts, ["a", "b"], multilabel=False, n_resamples=20)
+    want = classification_metrics(np.concatenate(ys), np.concatenate(ps), ["a", "b"])
+    assert m["n_samples"] == 20 and m["folds"] == [1, 2]
+    assert m["accuracy"] == pytest.approx(want["accuracy"]) and m["auc"] == pytest.approx(want["auc"])
+    assert set(m["ci95"]) >= {"accuracy", "auc"}
+
+
+def test_a_cross_validated_classification_run_declares_its_out_of_fold_predictions():
+    cfg = config(data={"cv_folds": 3})
+    wf = workflows.validate_config(cfg)
+    job = wf.job("train", cfg, 2)
+    assert job.output["oof"] == f"{Layout.of(cfg).run_dir(2)}/oof_predictions.csv"
+    plain = config()
+    workflows.validate_config(plain)
+    assert "oof" not in wf.job("train", plain, 1).output

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from bioflow.data import validate
+from bioflow.layout import OOF_PREDICTIONS
 from bioflow.stage import Job, StageConfig
 from bioflow.workflows.base import Workflow, stage
 
@@ -32,6 +33,7 @@ class Classification(Workflow):
     extra_keys: ClassVar[dict] = {
         "validate_train": ("model.multilabel", "data.labels_csv", "data.metadata_csv", "data.csv_options"),
         "validate_test": ("model.multilabel", "data.labels_csv", "data.metadata_csv", "data.csv_options"),
+        "report": ("model.multilabel", "metrics.bootstrap"),  # the pooled out-of-fold metrics
     }
 
     def runs(self, stage_name: str, cfg: dict) -> bool:
@@ -44,6 +46,8 @@ class Classification(Workflow):
         return bool(cfg["data"]["test"] or cfg["data"]["csv"])
 
     def outputs(self, stage_name: str, cfg: dict) -> dict[str, str]:
+        if stage_name == "train" and cfg["data"]["cv_folds"]:
+            return {"oof": OOF_PREDICTIONS}
         if stage_name == "metrics" and cfg["data"]["test_has_labels"]:
             out = {"csv": "metrics.csv"}
             return out if cfg["model"]["multilabel"] else {**out, "confusion": "confusion_matrix.png"}
@@ -59,6 +63,23 @@ class Classification(Workflow):
         if not cfg["model"]["multilabel"] and cfg["model"]["n_classes"] < 2:
             problems.append("model.n_classes: single-label classification needs at least 2 classes")
         return problems
+
+    def report_sections(self, cfg, run_dirs):
+        """Cross-validation: the folds' held-out predictions pooled (out-of-fold metrics)."""
+        csvs = [d / OOF_PREDICTIONS for d in run_dirs if (d / OOF_PREDICTIONS).is_file()]
+        if not csvs:
+            return []
+        import pandas as pd  # not needed for `snakemake -n`
+        from bioflow.metrics.classification import out_of_fold
+        from bioflow.report import table
+        names = [c[len("prob_"):] for c in pd.read_csv(csvs[0], nrows=0).columns if c.startswith("prob_")]
+        m = out_of_fold(csvs, names, bool(cfg["model"]["multilabel"]), int(cfg["metrics"]["bootstrap"]))
+        keys = [k for k in ("accuracy", "balanced_accuracy", "f1_macro", "auc") if m.get(k) is not None]
+        rows = [[k, f"{m[k]:.4f}", "" if k not in m["ci95"] else "[{:.4f}, {:.4f}]".format(*m["ci95"][k])]
+                for k in keys]
+        return [f"<h2>Cross-validation: pooled out-of-fold metrics</h2><p>{m['n_samples']} train + val images, "
+                f"each predicted by the fold model that did not train on it (folds {m['folds']}).</p>"
+                + table(["metric", "value", "95% CI"], rows)]
 
     # --- layout ----------------------------------------------------------------------------
 
