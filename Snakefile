@@ -50,6 +50,12 @@ if "report" in STAGES:
         report,
 
 
+if "ensemble" in STAGES and not WF.ensemble_predicts:  # averages the runs' predictions.csv
+
+    localrules:
+        ensemble,
+
+
 if "predict_shard" in STAGES:  # predict only gathers the shards: hard links and a table
 
     localrules:

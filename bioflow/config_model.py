@@ -92,6 +92,12 @@ class Data(_Section):
     train: str | None = Field(None, description="classification: class folders; segmentation: folder with x/ and y/")
     val: str | None = None
     val_split: Num(ge=0, lt=1) = 0.1
+    cv_folds: Int(ge=2) | None = Field(
+        None, description="k-fold cross-validation: train + val are pooled and split into k folds (stratified by "
+                          "class for classification, seeded by experiment.split_seed); run_id i trains on the "
+                          "other folds and validates on fold i (experiment.run_ids become 1..k); the fold "
+                          "models are ensembled on the test set. null = one validation split (data.val / "
+                          "data.val_split)")
     test: str | None = None
     test_has_labels: bool = True
     csv: str | None = Field(None, description="CSV or MedMNIST .npz turned into class folders first")

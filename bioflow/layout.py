@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The pseudo run_id of the ensemble of an experiment's run_ids (its results folder is
+# results/<name>_ensemble, beside the runs').
+ENSEMBLE = "ensemble"
+# cross-validation, in a fold's run folder: its model's predictions of its held-out fold
+OOF_PREDICTIONS = "oof_predictions.csv"
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -61,6 +67,11 @@ class Layout:
 
     def run_dir(self, run_id) -> str:
         return f"{self.root}/results/{self.name}_{run_id}"
+
+    @property
+    def ensemble_dir(self) -> str:
+        """The ensemble's results (predictions averaged over the run_ids, its metrics)."""
+        return self.run_dir(ENSEMBLE)
 
     def export_dir(self, run_id) -> str:
         return f"{self.root}/export/{self.name}_{run_id}"

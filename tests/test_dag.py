@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 # save_config (the config copy the report shows, hence the report too) reruns on every change
 # of the config.
-DOWNSTREAM_OF_PREDICT = Counter({"predict": 2, "metrics": 2, "report": 1, "save_config": 1})
+# two run_ids: their ensemble too (averaged predictions, evaluated as a third run)
+DOWNSTREAM_OF_PREDICT = Counter({"predict": 2, "ensemble": 1, "metrics": 3, "report": 1, "save_config": 1})
 DOWNSTREAM_OF_TRAIN = Counter({"train": 2}) + DOWNSTREAM_OF_PREDICT
 TEST_SET_CHANGED = Counter({"validate_test": 1}) + DOWNSTREAM_OF_PREDICT
 
@@ -42,7 +43,7 @@ def changed_config(run, overrides: dict, name: str):
 def test_first_run_built_everything_once_per_run_id(run):
     ran = job_counts(run["output"])
     assert ran == Counter({"csv_to_folders": 1, "validate_train": 1, "validate_test": 1, "norm_stats": 1,
-                           "save_config": 1, "train": 2, "predict": 2, "metrics": 2, "report": 1})
+                           "save_config": 1, "train": 2, "predict": 2, "ensemble": 1, "metrics": 3, "report": 1})
     root = run["root"]
     for rid in (1, 2):
         assert (root / "checkpoints" / f"demo_pneumonia_{rid}-best.ckpt").is_file()
@@ -82,7 +83,7 @@ def test_report_option_reruns_only_the_report(run):
 
 @pytest.mark.parametrize("overrides, expected", [
     ({"data": {"test_has_labels": False}}, TEST_SET_CHANGED),
-    ({"metrics": {"bootstrap": 50}}, Counter({"metrics": 2, "report": 1, "save_config": 1})),
+    ({"metrics": {"bootstrap": 50}}, Counter({"metrics": 3, "report": 1, "save_config": 1})),
     ({"train": {"num_workers": 1, "n_sample_images": 3}}, Counter({"save_config": 1, "report": 1})),
 ], ids=["test_has_labels", "metrics", "runtime_train_keys"])
 def test_changes_outside_training_never_retrain(run, overrides, expected):
@@ -169,3 +170,41 @@ def test_local_profile_runs_the_dag_with_a_gpu_resource(run):
     assert job_counts(out) == job_counts(run["output"])
     assert re.search(r"rule train:.*?resources: [^\n]*\bgpu=1\b", out, re.S)
     assert re.search(r"rule predict:.*?resources: [^\n]*\bgpu=1\b", out, re.S)
+
+
+def _dry_run(tmp_path, overrides: dict, drop_run_ids: bool = False, template: str | None = None) -> str:
+    cfg = yaml.safe_load(tiny_demo_config(tmp_path / "c.yaml", overrides).read_text()) if template is None else \
+        deep_update(yaml.safe_load((REPO / "config" / "templates" / template).read_text()), overrides)
+    if drop_run_ids:
+        del cfg["experiment"]["run_ids"]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = snakemake(tmp_path, path, "-n", "--cores", "2")
+    return proc.stdout + proc.stderr
+
+
+def test_cv_folds_are_the_run_ids_one_train_job_each_ensembled_on_the_test_set(tmp_path):
+    out = _dry_run(tmp_path, {"data": {"cv_folds": 3}}, drop_run_ids=True)
+    assert job_counts(out) == Counter({"csv_to_folders": 1, "validate_train": 1, "validate_test": 1, "norm_stats": 1,
+                                       "save_config": 1, "train": 3, "predict": 3, "ensemble": 1, "metrics": 4,
+                                       "report": 1})
+    # one train job per fold (what the SLURM profile submits as one job each), the folds as run_ids
+    assert set(re.findall(r"rule train:.*?wildcards: run_id=(\d+)", out, re.S)) == {"1", "2", "3"}
+    # the ensemble reads the folds' predictions and is evaluated like a run
+    ens = re.search(r"rule ensemble:\n\s+input: ([^\n]*)", out).group(1)
+    assert all(f"demo_pneumonia_{f}/predictions.csv" in ens for f in (1, 2, 3))
+    assert re.search(r"rule metrics:.*?wildcards: run_id=ensemble", out, re.S)
+
+
+def test_segmentation_ensemble_predicts_on_a_gpu_from_the_checkpoints_and_is_post_processed(tmp_path):
+    data = REPO / "demo_data" / "nuclei3d"
+    out = _dry_run(tmp_path, {"experiment": {"run_ids": [1, 2]},
+                              "data": {"train": str(data / "train"), "test": str(data / "test"),
+                                       "mask_transform": "foreground"},
+                              "postprocess": {"z_filter": 3}}, template="semseg_3d.yaml")
+    jobs = job_counts(out)
+    assert jobs["train"] == 2 and jobs["ensemble"] == 1 and jobs["postprocess"] == 3 and jobs["metrics"] == 3
+    rule = re.search(r"rule ensemble:\n(.*?)\n\n", out, re.S).group(1)
+    assert "checkpoints/my_semseg_3d_1-best.ckpt" in rule and "checkpoints/my_semseg_3d_2-best.ckpt" in rule
+    assert re.search(r"resources: [^\n]*\bgpu=1\b", rule)
+    assert re.search(r"rule postprocess:.*?wildcards: run_id=ensemble", out, re.S)

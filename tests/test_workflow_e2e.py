@@ -5,10 +5,12 @@ or two on 2 cores; the assertions are on the files and metrics the pipeline prod
 """
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -198,3 +200,89 @@ def test_killed_training_resumes_on_plain_rerun(tmp_path):
     s = json.loads(summary.read_text())
     assert s["resumed"] is True and s["start_epoch"] > 0
     assert (tmp_path / "results" / "demo_pneumonia" / "report.html").is_file()
+
+
+def _recomputed(rows: list[dict], names: list[str]) -> dict:
+    """accuracy / AUC of predictions.csv rows, from their probability columns."""
+    from bioflow.metrics.classification import classification_metrics
+    probs = np.array([[float(r[f"prob_{c}"]) for c in names] for r in rows])
+    y = [names.index(r["true_class"]) for r in rows]
+    return classification_metrics(y, probs, names)
+
+
+def test_cross_validation_folds_ensembled_from_averaged_probabilities(tmp_path):
+    """data.cv_folds: 3 on the demo X-rays: three fold models (one train job each), each validated
+    on its own fold; their ensemble's metrics are those of the runs' averaged probabilities."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["data"].update(csv=str(DEMO / "pneumoniamnist" / "labels.csv"), cv_folds=3)
+    del cfg["experiment"]["run_ids"]  # the folds make them
+    cfg["train"].update(epochs=1, patience=1, n_sample_images=0)
+    cfg["metrics"]["bootstrap"] = 20
+    run_snakemake(cfg, tmp_path)
+    root = tmp_path / "results" / "demo_pneumonia"
+    # folds: the 180 train + 50 val images pooled, each in one fold, stratified
+    manifest = json.loads((root / "prepared" / "manifest_train.json").read_text())
+    pooled = manifest["splits"]["train"]
+    assert manifest["cv_folds"] == 3 and len(pooled) == 230 and not manifest["splits"]["val"]
+    per_fold = {f: [e for e in pooled if e["fold"] == f] for f in (1, 2, 3)}
+    share = sum(e["label"] for e in pooled) / 230
+    for f, held_out in per_fold.items():
+        s = json.loads((root / "results" / f"demo_pneumonia_{f}" / "train_summary.json").read_text())
+        assert (s["cv_fold"], s["n_val"], s["n_train"]) == (f, len(held_out), 230 - len(held_out))
+        assert abs(sum(e["label"] for e in held_out) / len(held_out) - share) < 0.02  # stratified
+    names = ["normal", "pneumonia"]
+    runs = [read_csv(root / "results" / f"demo_pneumonia_{f}" / "predictions.csv") for f in (1, 2, 3)]
+    ens = read_csv(root / "results" / "demo_pneumonia_ensemble" / "predictions.csv")
+    assert [r["file"] for r in ens] == [r["file"] for r in runs[0]] and len(ens) == 80
+    # the ensemble's probabilities are the mean of the runs' own, file by file
+    by_file = [{r["file"]: r for r in run} for run in runs]
+    for row in ens:
+        for c in names:
+            mean = sum(float(b[row["file"]][f"prob_{c}"]) for b in by_file) / 3
+            assert float(row[f"prob_{c}"]) == pytest.approx(mean, abs=1e-5)
+        assert row["pred_class"] == max(names, key=lambda c: float(row[f"prob_{c}"]))
+    # and its metrics are computed from them (not copied from a run), with their CIs
+    m = json.loads((root / "results" / "demo_pneumonia_ensemble" / "metrics.json").read_text())
+    want = _recomputed(ens, names)
+    assert m["run_id"] == "ensemble" and m["n_samples"] == 80
+    assert m["accuracy"] == pytest.approx(want["accuracy"]) and m["auc"] == pytest.approx(want["auc"])
+    assert set(m["ci95"]) >= {"accuracy", "auc"}
+    page = (root / "report.html").read_text()
+    assert "<th>demo_pneumonia_ensemble</th>" in page
+    assert "Cross-validation: out-of-fold validation (3 folds)" in page
+    # out of fold: every pooled image predicted once, by the model of the fold that held it out
+    oof = [r for f in (1, 2, 3) for r in read_csv(root / "results" / f"demo_pneumonia_{f}" / "oof_predictions.csv")]
+    assert sorted(r["file"] for r in oof) == sorted(e["path"] for e in pooled)
+    fold_of = {e["path"]: e["fold"] for e in pooled}
+    assert all(int(r["fold"]) == fold_of[r["file"]] for r in oof)
+    pooled_acc = _recomputed(oof, names)["accuracy"]
+    assert re.search(rf"pooled out-of-fold metrics.*?<td>accuracy</td><td>{pooled_acc:.4f}</td>", page, re.S)
+
+
+def test_segmentation_ensemble_averages_the_runs_probability_maps_while_streaming(tmp_path):
+    """Two 2D runs (2 cross-validation folds) predicting probability maps through the streaming
+    path (a tiny memory budget); the ensemble's map is the mean of theirs, pixel by pixel."""
+    import tifffile
+
+    cfg = _semseg_cfg("semseg_2d.yaml", DEMO / "dsb2018", tmp_path, patch_size=[64, 64], cv_folds=2)
+    del cfg["experiment"]["run_ids"]
+    cfg["train"].update(epochs=1, patience=1, steps_per_epoch=2, batch_size=4, n_sample_images=0,
+                        max_time_minutes=None)
+    cfg["inference"].update(argmax=False, precision="32", memory_budget_mb=0.01, patch_metrics="off")
+    run_snakemake(cfg, tmp_path)
+    res = tmp_path / "results" / "my_semseg_2d" / "results"
+    ens = res / "my_semseg_2d_ensemble"
+    preds = read_csv(ens / "predictions.csv")
+    assert len(preds) == 4 and all(r["streamed"] == "True" for r in preds)
+    for f in sorted((ens / "per_image").glob("*.tif")):
+        maps = [tifffile.imread(res / f"my_semseg_2d_{r}" / "per_image" / f.name) for r in (1, 2)]
+        got = tifffile.imread(f)
+        assert got.shape == maps[0].shape and got.shape[-1] == 2
+        assert np.abs(got - (maps[0] + maps[1]) / 2).max() < 1e-5
+        assert np.abs(maps[0] - maps[1]).max() > 1e-3  # two different models: the mean is not either
+    m = json.loads((ens / "metrics.json").read_text())
+    assert m["run_id"] == "ensemble" and 0.0 <= m["iou"]["per_image"]["foreground"] <= 1.0
+    for r in (1, 2):
+        s = json.loads((res / f"my_semseg_2d_{r}" / "train_summary.json").read_text())
+        assert s["cv_fold"] == r and s["n_val"] == 6
+    assert "my_semseg_2d_ensemble" in (tmp_path / "results" / "my_semseg_2d" / "report.html").read_text()

@@ -30,6 +30,36 @@ def load_manifest(path) -> dict:
     return m
 
 
+def for_run(manifest: dict, run_id, cv_folds: int | None, path="manifest_train.json") -> dict:
+    """The training manifest as run ``run_id`` trains on it. Cross-validation (``cv_folds`` in
+    the manifest, from ``data.cv_folds``): run i validates on the entries of fold i and trains
+    on the others (the pooled train + val images are all in ``splits.train``, each with its
+    ``fold``); otherwise the manifest as it is. ``cv_folds``: the config's ``data.cv_folds``,
+    which the manifest must have been made for."""
+    k = manifest.get("cv_folds")
+    if (k or None) != (cv_folds or None):
+        raise BioflowError(f"{path}: made for data.cv_folds: {k} but the config has {cv_folds}; rerun "
+                           f"validate_train")
+    if not k:
+        return manifest
+    fold = int(run_id)
+    if not 1 <= fold <= int(k):
+        raise BioflowError(f"experiment.run_ids: run {run_id} is not a fold of data.cv_folds: {k}; with "
+                           f"cross-validation the run ids are 1..{k}")
+    pooled = manifest["splits"]["train"]
+    splits = {**manifest["splits"], "train": [e for e in pooled if e["fold"] != fold],
+              "val": [e for e in pooled if e["fold"] == fold]}
+    return {**manifest, "fold": fold, "splits": splits}
+
+
+def fold_info(manifest: dict) -> dict:
+    """A cross-validation run's fold and image counts (for train_summary.json); {} otherwise."""
+    if not manifest.get("fold"):
+        return {}
+    return {"cv_fold": manifest["fold"], "cv_folds": manifest["cv_folds"],
+            "n_train": len(manifest["splits"]["train"]), "n_val": len(manifest["splits"]["val"])}
+
+
 def entries(manifest: dict, split: str) -> list[dict]:
     return list(manifest["splits"].get(split, []))
 

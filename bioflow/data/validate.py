@@ -18,7 +18,9 @@ Two parts, two manifests (:data:`PARTS`): train + val (what training reads) and 
 prediction reads). Validation split when ``data.val`` is null (or, with ``data.csv``, when
 the CSV had no val rows): a ``data.val_split`` fraction of train, stratified by class for
 classification, seeded by ``experiment.split_seed``; stored in the manifest so every run_id
-shares it.
+shares it. Cross-validation (``data.cv_folds: k``): train and val pooled, each entry given its
+``fold`` 1..k by the same seeded, stratified-when-possible splitting; run i validates on fold i
+(``bioflow.data.manifest.for_run``).
 """
 
 from __future__ import annotations
@@ -372,6 +374,29 @@ def _split_val(entries: list[dict], frac: float, seed: int, stratify: bool):
     return [entries[i] for i in sorted(tr)], [entries[i] for i in sorted(va)]
 
 
+def _split_folds(entries: list[dict], k: int, seed: int, stratify: bool) -> list[dict]:
+    """Cross-validation: ``entries`` (train + val pooled) each with its ``fold`` 1..k, a seeded
+    k-fold split, stratified by class when every class has at least k images (as _split_val)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+    n = len(entries)
+    if n < k:
+        raise BioflowError(f"data.cv_folds: {k} folds need at least {k} training images, found {n}; "
+                           f"lower data.cv_folds or add images")
+    labels = [e.get("label") for e in entries]
+    idx = np.arange(n)
+    if stratify and all(isinstance(v, int) for v in labels) and min(Counter(labels).values()) >= k:
+        parts = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(idx, labels)
+    else:
+        if stratify:
+            log.warning("cross-validation folds: cannot stratify (a class has fewer than %d images); "
+                        "splitting unstratified", k)
+        parts = KFold(n_splits=k, shuffle=True, random_state=seed).split(idx)
+    fold = np.zeros(n, dtype=int)
+    for i, (_, held_out) in enumerate(parts, start=1):
+        fold[held_out] = i
+    return [{**e, "fold": int(f)} for e, f in zip(entries, fold)]
+
+
 def _counts(entries: list[dict], seg_like: bool) -> dict:
     if seg_like:
         return {"images": len(entries), "with_mask": sum(1 for e in entries if e.get("mask"))}
@@ -651,7 +676,13 @@ def assemble(ck: Checker, cfg, part: str, roots: dict, classes: list[str], split
         frac = float(cfg["data"]["val_split"])
         # a workflow may split val off itself (patch classification: quadra's val_size)
         val_source = "path" if "val" in roots else "workflow" if "val" in splits else "split"
-        if val_source == "split":
+        folds = cfg["data"]["cv_folds"]
+        if folds:  # every train and val image in one pool, each in its fold (see manifest.for_run)
+            val_source = "cv"
+            splits["train"] = _split_folds(splits.get("train", []) + splits.pop("val", []), int(folds), seed,
+                                           stratify)
+            head["cv_folds"] = int(folds)
+        elif val_source == "split":
             splits["train"], splits["val"] = _split_val(splits.get("train", []), frac, seed, stratify)
         head.update({"val_source": val_source, "val_split": frac, "split_seed": seed})
     else:

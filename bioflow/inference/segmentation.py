@@ -56,6 +56,7 @@ from bioflow.io import atomic_path, read_json, write_json
 from bioflow.metrics.segmentation import confusion_counts
 from bioflow.models import precision
 from bioflow.models.checkpoint import load_model_from_checkpoint
+from bioflow.models.ensemble import load_ensemble
 from bioflow.models.segmentation import size_divisor
 
 log = logging.getLogger(__name__)
@@ -338,13 +339,18 @@ def _subsample_stats(src, channels, path, norm_cfg) -> dict:
 def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[int, int] | None = None) -> Path:
     """Stage predict (see the module docstring). Returns the path of ``predictions.csv``.
     ``shard=(k, n)``: only the k-th of n parts of the test images, skipping the images a
-    killed run finished (see :mod:`bioflow.inference.shards`)."""
+    killed run finished (see :mod:`bioflow.inference.shards`). ``ckpt_path`` a list: the
+    ensemble of those models (:mod:`bioflow.models.ensemble`: their probabilities averaged)."""
     run_dir = Path(run_dir)
     manifest = load_manifest(manifest_path)
     test = entries(manifest, "test")
     if not test:
         raise BioflowError(f"{manifest_path}: no test images; set data.test")
-    model, hp = load_model_from_checkpoint(ckpt_path)
+    if isinstance(ckpt_path, (list, tuple)):
+        model, hp = load_ensemble(ckpt_path)
+        log.info("ensemble of %d models: %s", len(ckpt_path), ", ".join(map(str, ckpt_path)))
+    else:
+        model, hp = load_model_from_checkpoint(ckpt_path)
     policy = precision.resolve(cfg["inference"]["precision"], key="inference.precision")
     model = policy.prepare_model(model.to(policy.device))
     log.info("predict: %s", policy.describe())
@@ -396,8 +402,10 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[i
 def _done_dir(run_dir: Path, ckpt_path, cfg: dict) -> Path:
     """``run_dir/.predict_done/<key>``: key = the checkpoint file and every setting that changes
     an image's outputs, so a rerun with other settings predicts afresh."""
-    st = os.stat(ckpt_path)
-    what = {"ckpt": [os.path.abspath(ckpt_path), st.st_size, st.st_mtime_ns], "inference": cfg["inference"],
+    paths = ckpt_path if isinstance(ckpt_path, (list, tuple)) else [ckpt_path]
+    stats = [os.stat(p) for p in paths]
+    ckpts = [[os.path.abspath(p), st.st_size, st.st_mtime_ns] for p, st in zip(paths, stats)]
+    what = {"ckpt": ckpts[0] if len(ckpts) == 1 else ckpts, "inference": cfg["inference"],
             "patch_size": cfg["data"]["patch_size"], "labels": cfg["data"]["test_has_labels"],
             "ignore_index": cfg["train"]["ignore_index"]}
     key = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -168,6 +168,25 @@ def thresholded_metrics(df: pd.DataFrame, y, probs, names: list[str], multilabel
     return out
 
 
+def out_of_fold(csvs, names: list[str], multilabel: bool, n_resamples: int) -> dict:
+    """Cross-validation: metrics of the folds' held-out predictions pooled (every train + val
+    image scored once, by the fold model that did not train on it; the training stage's
+    ``oof_predictions.csv``), with bootstrap 95% CIs."""
+    df = pd.concat([pd.read_csv(p, dtype={"true_class": str}, keep_default_na=False) for p in csvs],
+                   ignore_index=True)
+    probs = df[[f"prob_{c}" for c in names]].to_numpy(dtype=np.float64)
+    if multilabel:
+        y = df[[f"true_{c}" for c in names]].astype(int).to_numpy()
+        out = multilabel_metrics(y, probs, names)
+        out["ci95"] = bootstrap_ci(y, probs, names, n_resamples, multilabel=True, metrics=("accuracy", "f1_macro", "auc"))
+    else:
+        y = df["true_class"].map({c: i for i, c in enumerate(names)}).to_numpy()
+        out = classification_metrics(y, probs, names)
+        out["ci95"] = bootstrap_ci(y, probs, names, n_resamples)
+    out["folds"] = sorted(int(f) for f in df["fold"].unique())
+    return out
+
+
 # --- the stage -------------------------------------------------------------------------------
 
 def _plot_confusion(cm, names, path: Path) -> None:

@@ -95,31 +95,67 @@ def adaptations_section(manifests) -> str:
             + _table(["part", "adaptation", "files", "which"], rows))
 
 
+def _metrics_of(d: Path) -> dict:
+    mpath = d / "metrics.json"
+    if not mpath.is_file():
+        raise BioflowError(f"{mpath}: missing; run the metrics stage for this run_id first")
+    return json.loads(mpath.read_text())
+
+
+def cv_section(summaries: dict[str, dict]) -> str:
+    """Cross-validation (``data.cv_folds``): each fold's model scored on its own held-out fold
+    (the validation metric at its best epoch), per fold and as mean ± sd."""
+    folds = {r: s for r, s in summaries.items() if s.get("cv_fold")}
+    if not folds:
+        return ""
+    rows = [[html.escape(r), str(s["cv_fold"]), str(s.get("n_train", "")), str(s.get("n_val", "")),
+             html.escape(str(s.get("monitor", ""))), "" if s.get("best_score") is None else _fmt(s["best_score"])]
+            for r, s in folds.items()]
+    scores = [float(s["best_score"]) for s in folds.values() if s.get("best_score") is not None]
+    monitors = {s.get("monitor") for s in folds.values()}
+    if scores and len(monitors) == 1:
+        sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        rows.append(["<b>mean ± sd</b>", "", "", str(sum(int(s.get("n_val") or 0) for s in folds.values())),
+                     html.escape(str(monitors.pop())), f"{_fmt(statistics.fmean(scores))} ± {_fmt(sd)}"])
+    k = next(iter(folds.values())).get("cv_folds", len(folds))
+    return (f"<h2>Cross-validation: out-of-fold validation ({k} folds)</h2><p>Each fold's model on the "
+            f"fold it did not train on; the score is that of its best epoch, chosen on the same fold "
+            f"(slightly optimistic). The test metrics above are of the held-out test set.</p>"
+            + _table(["run", "fold", "train images", "val images", "metric", "best score"], rows))
+
+
 def build_html(cfg: dict, run_dirs: list[str | Path], config_text: str | None = None,
-               sections: list[str] | None = None, manifests=()) -> str:
+               sections: list[str] | None = None, manifests=(), ensemble_dir=None) -> str:
+    """The page; ``ensemble_dir``: the ensemble's results, a column beside the runs (not part
+    of their mean ± sd)."""
     run_dirs = [Path(d) for d in run_dirs]
     metrics, summaries = {}, {}
     for d in run_dirs:
-        mpath = d / "metrics.json"
-        if not mpath.is_file():
-            raise BioflowError(f"{mpath}: missing; run the metrics stage for this run_id first")
-        metrics[d.name] = json.loads(mpath.read_text())
+        metrics[d.name] = _metrics_of(d)
         spath = d / "train_summary.json"
         if spath.is_file():
             summaries[d.name] = json.loads(spath.read_text())
     per_run = {name: flatten_metrics(m) for name, m in metrics.items()}
     agg = aggregate(per_run)
+    ensemble = Path(ensemble_dir) if ensemble_dir else None
+    if ensemble is not None:
+        metrics[ensemble.name] = _metrics_of(ensemble)  # after the mean ± sd: not one of the runs
+    ens = flatten_metrics(metrics[ensemble.name]) if ensemble is not None else None
     exp = cfg["experiment"]
     title = cfg["report"]["title"] or f"bioflow report: {exp['name']}"
     parts = [f"<h1>{html.escape(title)}</h1>",
              f"<p>Workflow <b>{html.escape(exp['workflow'])}</b>, {exp['ndim']}D, "
-             f"{len(run_dirs)} run(s): {', '.join(html.escape(n) for n in metrics)}.</p>"]
+             f"{len(run_dirs)} run(s): {', '.join(html.escape(n) for n in per_run)}"
+             + (f"; their ensemble <b>{html.escape(ensemble.name)}</b> (the runs' probabilities averaged, "
+                f"evaluated as one model)" if ensemble is not None else "") + ".</p>"]
 
     parts.append("<h2>Test metrics (mean ± sd over runs)</h2>")
     if agg:
         rows = [[html.escape(k), f"{_fmt(v['mean'])} ± {_fmt(v['sd'])}", str(v["n"])]
-                + [_fmt(per_run[r][k]) if k in per_run[r] else "" for r in per_run] for k, v in agg.items()]
-        parts.append(_table(["metric", "mean ± sd", "runs"] + list(per_run), rows))
+                + [_fmt(per_run[r][k]) if k in per_run[r] else "" for r in per_run]
+                + ([_fmt(ens[k]) if k in ens else ""] if ens is not None else []) for k, v in agg.items()]
+        parts.append(_table(["metric", "mean ± sd", "runs"] + list(per_run)
+                            + ([ensemble.name] if ensemble is not None else []), rows))
     else:
         parts.append("<p>No test labels: predictions only (see predictions.csv in each run folder).</p>")
 
@@ -146,9 +182,10 @@ def build_html(cfg: dict, run_dirs: list[str | Path], config_text: str | None = 
         rows = [[html.escape(r)] + [html.escape(_fmt(v) if isinstance(v, float) else str(v))
                                     for v in (s.get(k, "") for k in keys)] for r, s in summaries.items()]
         parts.append(_table(["run"] + keys, rows))
+        parts.append(cv_section(summaries))
 
     max_charts = cfg["report"]["max_charts"]
-    for d in run_dirs:
+    for d in run_dirs + ([ensemble] if ensemble is not None else []):
         # curves and confusion matrices first, augmented samples (smaller) last
         images = sorted(d.glob("*.png")) + sorted((d / "charts").glob("*.png"))
         images.sort(key=lambda p: p.name.startswith("aug_samples"))
@@ -178,12 +215,13 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def run(cfg: dict, run_dirs: list[str | Path], out_html: str | Path, config_file=None,
-        sections: list[str] | None = None, manifests=()) -> Path:
+        sections: list[str] | None = None, manifests=(), ensemble_dir=None) -> Path:
     """Stage `report`: write report.html aggregating ``run_dirs`` (one per run_id);
     ``config_file``: the experiment's full config (``config_files/config.yaml``), shown as is;
-    ``manifests``: the validation manifests, whose adaptations the report lists."""
+    ``manifests``: the validation manifests, whose adaptations the report lists;
+    ``ensemble_dir``: the ensemble's results, shown beside the runs."""
     config_text = Path(config_file).read_text() if config_file else None
-    page = build_html(cfg, run_dirs, config_text, sections, manifests)
+    page = build_html(cfg, run_dirs, config_text, sections, manifests, ensemble_dir)
     out_html = Path(out_html)
     with atomic_path(out_html) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")

@@ -12,18 +12,24 @@ import copy
 import logging
 import warnings
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import torch
 from torchmetrics.functional.classification import (multiclass_accuracy, multiclass_auroc, multiclass_recall,
                                                     multilabel_auroc, multilabel_f1_score)
 
 from bioflow import __version__
 from bioflow.data.classification import ClassificationDataModule
-from bioflow.data.manifest import load_manifest
+from bioflow.data.manifest import fold_info, for_run, load_manifest
 from bioflow.data.normalization import load_stats
 from bioflow.errors import BioflowError
 from bioflow.metrics import thresholds
+from bioflow.io import atomic_path
+from bioflow.layout import OOF_PREDICTIONS
 from bioflow.models import build_model
+from bioflow.models.checkpoint import load_model_from_checkpoint
 from bioflow.training.engine import BioflowModule, fit, seed_run
 from bioflow.training.losses import build_loss, resolve_class_weights
 
@@ -110,7 +116,7 @@ def _pos_weights(counts, total: int) -> list[float]:
 
 
 def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> dict:
-    manifest = load_manifest(manifest_path)
+    manifest = for_run(load_manifest(manifest_path), run_id, cfg["data"]["cv_folds"], manifest_path)
     stats = load_stats(norm_path)
     multilabel = bool(cfg["model"]["multilabel"] or manifest.get("multilabel"))
     classes = list(manifest["classes"])
@@ -153,5 +159,31 @@ def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> di
              "monitor %s", run_id, len(dm.train_dataset), len(dm.val_dataset), classes, counts,
              None if cw is None else np.round(cw, 3).tolist(), monitor)
     summary = fit(cfg, run_id, module, dm, ckpt_path, run_dir, monitor=monitor, mode=mode,
-                  manifest_path=manifest_path)
+                  manifest_path=manifest_path, summary_extra=fold_info(manifest))
+    if manifest.get("fold"):
+        # cross-validation: the fold model's probabilities on its held-out fold (the report pools them)
+        write_out_of_fold(ckpt_path, dm, classes, multilabel, Path(run_dir) / OOF_PREDICTIONS)
     return summary
+
+
+def write_out_of_fold(ckpt_path, dm: ClassificationDataModule, classes: list[str], multilabel: bool, out) -> Path:
+    """``out``: file, fold, true labels and ``prob_<class>`` of the held-out fold's images, by the
+    best checkpoint (fp32, no TTA)."""
+    from bioflow.inference.classification import predict_proba  # the one batched forward pass
+
+    model, _ = load_model_from_checkpoint(ckpt_path)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    probs = predict_proba(model, dm.val_dataloader(), device, multilabel)
+    rows = []
+    for e, p in zip(dm.val_dataset.entries, probs):
+        label = e.get("label")
+        row = {"file": e["path"], "fold": e["fold"]}
+        if multilabel:
+            row.update({f"true_{c}": int(label[j]) for j, c in enumerate(classes)})
+        else:
+            row["true_class"] = classes[int(label)]
+        row.update({f"prob_{c}": float(p[j]) for j, c in enumerate(classes)})
+        rows.append(row)
+    with atomic_path(out) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
+    return Path(out)

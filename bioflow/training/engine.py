@@ -450,12 +450,14 @@ def save_augmented_samples(datamodule, out_dir: Path, n: int, seed: int, class_n
 
 
 def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir,
-        monitor: str = "val_loss", mode: str = "min", manifest_path=None) -> dict:
+        monitor: str = "val_loss", mode: str = "min", manifest_path=None, summary_extra: dict | None = None) -> dict:
     """Train ``module`` on ``datamodule``; returns (and writes) ``run_dir/train_summary.json``.
 
     ``ckpt_path``: the declared best checkpoint ``<root>/checkpoints/<name>_<run_id>-best.ckpt``,
     written atomically at the end (weights + hyper_parameters + :func:`provenance`, no
     optimizer state). ``manifest_path``: the training manifest, hashed into the provenance.
+    ``summary_extra``: what the run trained on (its cross-validation fold, image counts), added
+    to the summary.
     """
     tc = cfg["train"]
     ckpt_path, run_dir = Path(ckpt_path), Path(run_dir)
@@ -570,6 +572,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
         "device": str(trainer.strategy.root_device), "precision": policy.as_dict(), "throughput": prog_cb.summary(),
         "charts": [str(p) for p in chart_files + sample_files],
         "versions": library_versions(),
+        **(summary_extra or {}),
     }
     _copy_weights_only(Path(best), ckpt_path, provenance(summary, manifest_path))
     write_json(run_dir / "train_summary.json", summary)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from bioflow.data.manifest import load_manifest
+from bioflow.data.manifest import fold_info, for_run, load_manifest
 from bioflow.data.normalization import load_stats
 from bioflow.data.segmentation import (SegmentationDataModule, load_samples, save_probability_maps,
                                        save_sample_figures)
@@ -95,7 +95,7 @@ def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> di
     tc, d = cfg["train"], cfg["data"]
     n_classes = int(cfg["model"]["n_classes"])
     seed = seed_run(run_id)
-    manifest = load_manifest(manifest_path)
+    manifest = for_run(load_manifest(manifest_path), run_id, cfg["data"]["cv_folds"], manifest_path)
     stats = load_stats(norm_path) if norm_path and Path(norm_path).is_file() else None
     model = build_model(cfg)
     check_patch(cfg, model)
@@ -128,5 +128,5 @@ def train(cfg: dict, run_id, manifest_path, norm_path, ckpt_path, run_dir) -> di
     monitor = tc["monitor"] or ("val_iou" if val_s else "train_loss")
     mode = "min" if "loss" in monitor else "max"
     summary = fit(cfg, run_id, module, dm, ckpt_path, run_dir, monitor=monitor, mode=mode,
-                  manifest_path=manifest_path)
+                  manifest_path=manifest_path, summary_extra=fold_info(manifest))
     return summary

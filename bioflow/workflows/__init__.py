@@ -14,8 +14,9 @@ import sys
 
 from bioflow import config as bfconfig
 from bioflow.errors import BioflowError
+from bioflow.layout import ENSEMBLE
 from bioflow.stage import Job, setup_logging
-from bioflow.workflows.base import Workflow, stage
+from bioflow.workflows.base import Workflow, run_id_of, stage
 from bioflow.workflows.classification import Classification
 from bioflow.workflows.patch_classification import PatchClassification
 from bioflow.workflows.segmentation import SemanticSegmentation
@@ -57,6 +58,7 @@ def validate_config(cfg: dict, source="config") -> Workflow:
     bfconfig.validate(cfg, source=source)
     wf = get(cfg["experiment"]["workflow"])
     problems = wf.from_checkpoint(cfg, given) if cfg["model"]["checkpoint"] else []
+    problems += _folds_as_run_ids(wf, cfg, given)
     if cfg["export"]["formats"] and not wf.runs("export", cfg):
         problems.append(f"export.formats: the {wf.name} workflow has no trained model to export yet; "
                         f"remove export.formats")
@@ -72,6 +74,26 @@ def validate_config(cfg: dict, source="config") -> Workflow:
     if problems:
         raise BioflowError(f"{source}: invalid config", problems)
     return wf
+
+
+def _folds_as_run_ids(wf: Workflow, cfg: dict, given: dict) -> list[str]:
+    """``data.cv_folds: k``: the run_ids are the folds 1..k (filled in when not given; run i
+    validates on fold i, see bioflow.data.manifest.for_run). Returns the problems."""
+    k = cfg["data"]["cv_folds"]
+    if not k:
+        return []
+    if "train" not in wf.all_stages():
+        return [f"data.cv_folds: the {wf.name} workflow does not train a bioflow model; remove data.cv_folds"
+                + (" (patches.cross_validation cross-validates its head)" if "patch_head" in wf.all_stages() else "")]
+    if wf.predict_only(cfg):
+        return ["data.cv_folds: a predict-only experiment (model.checkpoint) trains nothing; remove data.cv_folds"]
+    folds = list(range(1, k + 1))
+    if "run_ids" not in (given.get("experiment") or {}):
+        cfg["experiment"]["run_ids"] = folds
+    elif cfg["experiment"]["run_ids"] != folds:
+        return [f"experiment.run_ids: with data.cv_folds: {k} the run ids are the folds {folds}; remove "
+                f"experiment.run_ids or set it to {folds}"]
+    return []
 
 
 def load(path, overrides: dict | None = None) -> dict:
@@ -94,12 +116,13 @@ def run_stage(snakemake, stage_name: str) -> None:
         params = dict(snakemake.params.items())
         wf = get(params.pop("workflow"))
         tracked, runtime = params.pop("cfg"), params.pop("runtime", None)
-        run_id = getattr(snakemake.wildcards, "run_id", None)
+        # the ensemble's own stage has no wildcard: it is the ENSEMBLE run
+        run_id = ENSEMBLE if stage_name == "ensemble" else getattr(snakemake.wildcards, "run_id", None)
         shard = getattr(snakemake.wildcards, "shard", None)
         if shard is not None:  # predict_shard: which part of how many
             params["shard"] = [int(shard), int(tracked["inference"]["shards"])]
         job = Job(input=dict(snakemake.input.items()), output=dict(snakemake.output.items()),
-                  params=params, run_id=None if run_id is None else int(run_id), threads=threads)
+                  params=params, run_id=run_id_of(run_id), threads=threads)
         wf.run(stage_name, tracked, runtime.value if runtime is not None else {}, job)
     except BioflowError as exc:
         log.error("%s", exc)

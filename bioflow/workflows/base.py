@@ -31,7 +31,7 @@ from typing import Callable, ClassVar
 from bioflow.data import normalization, validate
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path, write_json
-from bioflow.layout import Layout
+from bioflow.layout import ENSEMBLE, Layout
 from bioflow.config import deep_update
 from bioflow.stage import Job, StageConfig, Untracked, slice_config
 
@@ -64,6 +64,14 @@ def stage(*keys: str, runtime: tuple[str, ...] = ()) -> Callable:
     return mark
 
 
+def run_id_of(value) -> int | str | None:
+    """A run id as stages get it: an int, :data:`~bioflow.layout.ENSEMBLE`, or None (no run,
+    or a ``"{run_id}"`` wildcard while the rules are built)."""
+    if value == ENSEMBLE:
+        return ENSEMBLE
+    return int(value) if isinstance(value, int) or str(value).isdigit() else None
+
+
 def _target(path) -> str:
     """The file a hidden temporary file of bioflow.io.AtomicFile stands for (else ``path``)."""
     p = Path(str(path))
@@ -91,7 +99,12 @@ class Workflow:
         "predict": ("inference.batch_size",),
     }
     # stages whose results depend on the code: a new bioflow version reruns them
-    code_versioned: ClassVar[tuple[str, ...]] = ("train", "predict", "postprocess", "metrics", "report", "export")
+    code_versioned: ClassVar[tuple[str, ...]] = ("train", "predict", "ensemble", "postprocess", "metrics", "report",
+                                                 "export")
+    # what the ensemble stage reads: the runs' checkpoints (it predicts again with the averaged
+    # model: per-image maps are not kept as probabilities) or the runs' predictions.csv (it
+    # averages their probability columns: no forward pass)
+    ensemble_predicts: ClassVar[bool] = True
 
     # --- the interface the Snakefile uses ----------------------------------------------
 
@@ -101,12 +114,12 @@ class Workflow:
 
     def all_stages(self) -> list[str]:
         names = [n for n in dir(type(self)) if hasattr(getattr(type(self), n), "stage_keys")]
-        if "train" not in names:  # nothing to shard or export without a trained bioflow model
-            names = [n for n in names if n not in ("predict_shard", "export")]
+        if "train" not in names:  # nothing to shard, export or ensemble without a trained bioflow model
+            names = [n for n in names if n not in ("predict_shard", "export", "ensemble")]
         order = {s: i for i, s in enumerate(("csv_to_folders",) + COMMON_STAGES[:3]
                                             + ("patch_dataset", "patch_features", "patch_head")
                                             + COMMON_STAGES[3:4] + ("predict_shard",) + COMMON_STAGES[4:5]
-                                            + ("postprocess",) + COMMON_STAGES[5:])}
+                                            + ("ensemble", "postprocess") + COMMON_STAGES[5:])}
         return sorted(names, key=lambda n: order.get(n, len(order)))
 
     def runs(self, stage_name: str, cfg: dict) -> bool:
@@ -119,12 +132,20 @@ class Workflow:
             return bool(cfg["export"]["formats"])
         if stage_name == "predict_shard":
             return self.runs("predict", cfg) and self.sharded(cfg)
+        if stage_name == "ensemble":
+            return self.ensembled(cfg)
         if stage_name in ("validate_test", "predict", "metrics", "report"):
             return self.has_test(cfg)
         return True
 
     def has_test(self, cfg: dict) -> bool:
         return bool(cfg["data"]["test"])
+
+    def ensembled(self, cfg: dict) -> bool:
+        """An ``ensemble`` result beside the runs: several run_ids (or cross-validation folds)
+        of a trained model and a test set."""
+        return ("ensemble" in self.all_stages() and self.has_test(cfg) and not self.predict_only(cfg)
+                and len(cfg["experiment"]["run_ids"]) > 1)
 
     def sharded(self, cfg: dict) -> bool:
         """Prediction split over ``inference.shards`` jobs (scatter / gather)."""
@@ -355,8 +376,11 @@ class Workflow:
         """The named inputs, outputs and path params of a stage: what its rule declares (the
         rules build themselves from this, with ``run_id="{run_id}"``) and what a Python caller
         passes. Names ending in ``_dir`` are folders. ``shard``: of ``predict_shard`` (``"{shard}"``
-        in the rule)."""
+        in the rule). ``run_id`` :data:`~bioflow.layout.ENSEMBLE`: the ensemble's folder (the
+        ``ensemble`` stage always writes there; ``metrics`` / ``postprocess`` evaluate it as a run)."""
         lay = Layout.of(cfg)
+        if stage_name == "ensemble":
+            run_id = ENSEMBLE
         rd = lay.run_dir(run_id) if run_id is not None else None
         runs = cfg["experiment"]["run_ids"]
         folders = {"folders": lay.folders} if self.runs("csv_to_folders", cfg) else {}
@@ -384,6 +408,12 @@ class Workflow:
                               {"run_dir": f"{rd}/predict_shards/shard_{shard}",
                                **({"shard": [int(shard), cfg["inference"]["shards"]]}
                                   if isinstance(shard, int) or str(shard).isdigit() else {})}),
+            # the runs' models averaged: their checkpoints (predicted again, see ensemble_predicts)
+            # or their predictions.csv, into the ensemble's folder
+            "ensemble": ({**({"ckpts": [lay.best_ckpt(r) for r in runs]} if self.ensemble_predicts
+                             else {"predictions": [f"{lay.run_dir(r)}/predictions.csv" for r in runs]}),
+                          "manifest": lay.manifest_test},
+                         {"csv": f"{rd}/predictions.csv"}, {"run_dir": rd}),
             "postprocess": ({"per_image": f"{rd}/per_image"}, {"post_dir": f"{rd}/full_post_processing"}, {}),
             "metrics": ({"predictions": f"{rd}/predictions.csv", "manifest": lay.manifest_test,
                          **({"post": f"{rd}/full_post_processing"} if self.runs("postprocess", cfg) else {})},
@@ -392,18 +422,20 @@ class Workflow:
                        {**{fmt: f"{lay.export_dir(run_id)}/{EXPORT_FILES[fmt]}" for fmt in cfg["export"]["formats"]},
                         "info": f"{lay.export_dir(run_id)}/export.json"}, {"out_dir": lay.export_dir(run_id)}),
             "report": ({"metrics": [f"{lay.run_dir(r)}/metrics.json" for r in runs],
+                        **({"ensemble_metrics": f"{lay.ensemble_dir}/metrics.json"} if self.ensembled(cfg) else {}),
                         **({"summaries": [f"{lay.run_dir(r)}/train_summary.json" for r in runs]}
                            if not self.predict_only(cfg) else {}),  # no training in a predict-only run
                         "config": lay.config_copy,
                         # what validation adapted (named in the report); no training part when predict-only
                         "manifests": ([lay.manifest_test] if self.predict_only(cfg)
                                       else [lay.manifest_train, lay.manifest_test])},
-                       {"html": lay.report}, {"run_dirs": [lay.run_dir(r) for r in runs]}),
+                       {"html": lay.report}, {"run_dirs": [lay.run_dir(r) for r in runs],
+                                              "ensemble_dir": lay.ensemble_dir if self.ensembled(cfg) else None}),
         }
         inputs, outputs, params = io.get(stage_name) or self.stage_io(stage_name, cfg, lay, run_id)
         extra = {k: f"{rd}/{v}" for k, v in self.outputs(stage_name, cfg).items()} if rd else {}
         return Job(input=dict(inputs), output={**outputs, **extra}, params=dict(params),
-                   run_id=None if run_id is None or isinstance(run_id, str) else int(run_id))
+                   run_id=run_id_of(run_id))
 
     def stage_io(self, stage_name: str, cfg: dict, lay: Layout, run_id) -> tuple[dict, dict, dict]:
         """(inputs, outputs, params) of a workflow's own stages (see :meth:`job`)."""
@@ -430,7 +462,7 @@ class Workflow:
     # --- the shared stages ---------------------------------------------------------------
 
     @stage("experiment.workflow", "experiment.ndim", "experiment.split_seed", "data.train", "data.val",
-           "data.val_split", "data.csv", "data.channels", "data.channel_axis", "data.strict",
+           "data.val_split", "data.cv_folds", "data.csv", "data.channels", "data.channel_axis", "data.strict",
            "model.n_classes", "model.architecture", "model.weights")
     def validate_train(self, cfg: StageConfig, job: Job) -> dict:
         """Check every train / val file and write ``prepared/manifest_train.json``."""
@@ -451,9 +483,10 @@ class Workflow:
     def report(self, cfg: StageConfig, job: Job):
         from bioflow import report  # matplotlib: kept out of `snakemake -n`
         run_dirs = [Path(d) for d in job.params["run_dirs"]]
+        ensemble = job.params.get("ensemble_dir")
         return report.run(cfg, run_dirs, job.output["html"], job.input["config"],
-                          self.report_sections(cfg, run_dirs),
-                          manifests=job.input["manifests"])
+                          self.report_sections(cfg, run_dirs + ([Path(ensemble)] if ensemble else [])),
+                          manifests=job.input["manifests"], ensemble_dir=ensemble)
 
     @stage()  # the keys of predict (see keys())
     def predict_shard(self, cfg: StageConfig, job: Job) -> Path:

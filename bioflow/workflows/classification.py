@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import ClassVar
 
 from bioflow.data import validate
+from bioflow.layout import OOF_PREDICTIONS
 from bioflow.stage import Job, StageConfig
 from bioflow.workflows.base import Workflow, stage
 
 # What the model is built from: architecture and its arguments, input geometry, classes.
 MODEL_KEYS = ("experiment.workflow", "experiment.ndim", "data.channels", "data.patch_size", "model")
 # How training reads the images (resize / normalization) and trains.
-TRAIN_KEYS = MODEL_KEYS + ("data.resize", "data.normalization", "data.metadata_csv", "train")
+# data.cv_folds: which images a fold trains on (also in the resume hash: another k, another fold)
+TRAIN_KEYS = MODEL_KEYS + ("data.resize", "data.normalization", "data.metadata_csv", "data.cv_folds", "train")
 RUNTIME_TRAIN_KEYS = ("train.num_workers", "train.n_sample_images", "inference.batch_size")
 
 
@@ -28,9 +30,11 @@ class Classification(Workflow):
     multilabel = True
     reads_csv = True
     thresholds = True
+    ensemble_predicts = False  # predictions.csv holds every probability: averaged, no forward pass
     extra_keys: ClassVar[dict] = {
         "validate_train": ("model.multilabel", "data.labels_csv", "data.metadata_csv", "data.csv_options"),
         "validate_test": ("model.multilabel", "data.labels_csv", "data.metadata_csv", "data.csv_options"),
+        "report": ("model.multilabel", "metrics.bootstrap"),  # the pooled out-of-fold metrics
     }
 
     def runs(self, stage_name: str, cfg: dict) -> bool:
@@ -43,6 +47,8 @@ class Classification(Workflow):
         return bool(cfg["data"]["test"] or cfg["data"]["csv"])
 
     def outputs(self, stage_name: str, cfg: dict) -> dict[str, str]:
+        if stage_name == "train" and cfg["data"]["cv_folds"]:
+            return {"oof": OOF_PREDICTIONS}
         if stage_name == "metrics" and cfg["data"]["test_has_labels"]:
             out = {"csv": "metrics.csv", "mistakes_dir": "mistakes"}
             return out if cfg["model"]["multilabel"] else {**out, "confusion": "confusion_matrix.png"}
@@ -64,9 +70,24 @@ class Classification(Workflow):
         return problems
 
     def report_sections(self, cfg, run_dirs):
-        """The thresholded decision beside argmax, and the most confident mistakes per class."""
+        """The thresholded decision beside argmax, the most confident mistakes per class, and for
+        cross-validation the folds' held-out predictions pooled (out-of-fold metrics)."""
         from bioflow.report import review  # not needed for `snakemake -n`
-        return review.threshold_section(run_dirs) + review.mistakes_section(run_dirs)
+        sections = review.threshold_section(run_dirs) + review.mistakes_section(run_dirs)
+        csvs = [d / OOF_PREDICTIONS for d in run_dirs if (d / OOF_PREDICTIONS).is_file()]
+        if not csvs:
+            return sections
+        import pandas as pd  # not needed for `snakemake -n`
+        from bioflow.metrics.classification import out_of_fold
+        from bioflow.report import table
+        names = [c[len("prob_"):] for c in pd.read_csv(csvs[0], nrows=0).columns if c.startswith("prob_")]
+        m = out_of_fold(csvs, names, bool(cfg["model"]["multilabel"]), int(cfg["metrics"]["bootstrap"]))
+        keys = [k for k in ("accuracy", "balanced_accuracy", "f1_macro", "auc") if m.get(k) is not None]
+        rows = [[k, f"{m[k]:.4f}", "" if k not in m["ci95"] else "[{:.4f}, {:.4f}]".format(*m["ci95"][k])]
+                for k in keys]
+        return sections + [f"<h2>Cross-validation: pooled out-of-fold metrics</h2><p>{m['n_samples']} train + val "
+                           f"images, each predicted by the fold model that did not train on it (folds {m['folds']}).</p>"
+                           + table(["metric", "value", "95% CI"], rows)]
 
     # --- layout ----------------------------------------------------------------------------
 
@@ -124,6 +145,13 @@ class Classification(Workflow):
         from bioflow.inference import classification  # torch: kept out of `snakemake -n`
         return classification.predict(cfg, job.run_id, job.input["ckpt"], job.input["manifest"],
                                       job.params["run_dir"], job.params.get("shard"))
+
+    @stage("model.multilabel", "inference.binarize_threshold")
+    def ensemble(self, cfg: StageConfig, job: Job) -> Path:
+        """The runs' test probabilities averaged (their predictions.csv) into the ensemble's."""
+        from bioflow.inference import ensemble  # pandas: kept out of `snakemake -n`
+        return ensemble.average_predictions(cfg, job.input["predictions"], job.input["manifest"],
+                                            job.params["run_dir"])
 
     @stage("data.test_has_labels", "model.multilabel", "metrics")
     def metrics(self, cfg: StageConfig, job: Job) -> dict:

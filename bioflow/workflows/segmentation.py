@@ -18,9 +18,11 @@ from bioflow.stage import Job, StageConfig
 from bioflow.workflows.base import Workflow, stage
 
 MODEL_KEYS = ("experiment.workflow", "experiment.ndim", "data.channels", "data.patch_size", "model")
-TRAIN_KEYS = MODEL_KEYS + ("experiment.split_seed", "data.val_split", "data.normalization", "data.sampling",
-                           "data.mask_transform", "train")
+TRAIN_KEYS = MODEL_KEYS + ("experiment.split_seed", "data.val_split", "data.cv_folds", "data.normalization",
+                           "data.sampling", "data.mask_transform", "train")
 RUNTIME_TRAIN_KEYS = ("train.num_workers", "train.n_sample_images", "inference.batch_size")
+# predict and the ensemble (the same tiled prediction with the runs' averaged model)
+PREDICT_KEYS = ("experiment.ndim", "data.patch_size", "data.test_has_labels", "train.ignore_index", "inference")
 # per-image outputs of predict (BiaPy's folders), declared so Snakemake tracks them
 PER_IMAGE_DIRS = ("per_image", "per_image_binarized")
 FULL_IMAGE_DIRS = ("full_image", "full_image_binarized")
@@ -48,7 +50,7 @@ class SemanticSegmentation(Workflow):
 
     def outputs(self, stage_name: str, cfg: dict) -> dict[str, str]:
         labels = cfg["data"]["test_has_labels"]
-        if stage_name == "predict":
+        if stage_name in ("predict", "ensemble"):
             dirs = PER_IMAGE_DIRS + (FULL_IMAGE_DIRS if cfg["inference"]["full_image"] else ())
             out = {f"{d}_dir": d for d in dirs}
             patches = labels and cfg["inference"]["patch_metrics"] != "off"
@@ -109,12 +111,19 @@ class SemanticSegmentation(Workflow):
         return segmentation.train(cfg, job.run_id, job.input["manifest"], job.input["norm"],
                                   job.output["ckpt"], job.params["run_dir"])
 
-    @stage("experiment.ndim", "data.patch_size", "data.test_has_labels", "train.ignore_index", "inference",
-           runtime=("train.num_workers",))
+    @stage(*PREDICT_KEYS, runtime=("train.num_workers",))
     def predict(self, cfg: StageConfig, job: Job) -> Path:
         from bioflow.inference import segmentation  # torch: kept out of `snakemake -n`
         return segmentation.predict(cfg, job.run_id, job.input["ckpt"], job.input["manifest"],
                                     job.params["run_dir"], job.params.get("shard"))
+
+    @stage(*PREDICT_KEYS, runtime=("train.num_workers",))
+    def ensemble(self, cfg: StageConfig, job: Job) -> Path:
+        """Tiled prediction with the runs' models averaged (mean of their softmax per tile, so
+        the blended map is the mean of the runs' probability maps; streaming-safe as predict)."""
+        from bioflow.inference import segmentation  # torch: kept out of `snakemake -n`
+        return segmentation.predict(cfg, job.run_id, list(job.input["ckpts"]), job.input["manifest"],
+                                    job.params["run_dir"])
 
     @stage("experiment.ndim", "postprocess")
     def postprocess(self, cfg: StageConfig, job: Job):

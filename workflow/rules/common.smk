@@ -7,7 +7,7 @@ import sys
 import bioflow
 from bioflow import workflows
 from bioflow.errors import BioflowError
-from bioflow.layout import Layout
+from bioflow.layout import ENSEMBLE, Layout
 
 # Validate when the DAG is built (defaults filled in place), so a typo fails before any job runs.
 try:
@@ -28,6 +28,8 @@ EXP = config["experiment"]["name"]
 RUN_IDS = config["experiment"]["run_ids"]
 STAGES = WF.stages(config)
 RUN = L.run_dir("{run_id}")
+# run_id of the rules that also evaluate the ensemble (metrics, postprocess): a run or the ensemble
+ANY_RUN = rf"\d+|{ENSEMBLE}"
 LOGS = L.logs
 VERSION = bioflow.__version__
 # Threads of the heavy stages: every core given with --cores locally. None (SLURM executor

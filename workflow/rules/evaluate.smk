@@ -1,8 +1,10 @@
-# Metrics per run_id, and the report over all run_ids.
+# Metrics per run_id (and of the ensemble), and the report over all run_ids.
 
 if "metrics" in STAGES:
 
     rule metrics:
+        wildcard_constraints:
+            run_id=ANY_RUN,
         input:
             **inputs("metrics"),
         output:

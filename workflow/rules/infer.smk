@@ -47,9 +47,35 @@ if "predict" in STAGES:
             "../scripts/predict.py"
 
 
+if "ensemble" in STAGES:
+
+    # several run_ids: their models averaged into results/<name>_ensemble (evaluated by the
+    # metrics rule as one more run); a GPU job when it predicts again (segmentation)
+    rule ensemble:
+        input:
+            **inputs("ensemble"),
+        output:
+            **outputs("ensemble"),
+        params:
+            **stage_params("ensemble", **paths("ensemble")),
+        conda:
+            "../../environment.yml"
+        log:
+            f"{LOGS}/ensemble.log",
+        benchmark:
+            f"{L.root}/benchmarks/ensemble.tsv"
+        threads: ALL_CORES if WF.ensemble_predicts else 1
+        resources:
+            gpu=1 if WF.ensemble_predicts else 0,
+        script:
+            "../scripts/ensemble.py"
+
+
 if "postprocess" in STAGES:
 
     rule postprocess:
+        wildcard_constraints:
+            run_id=ANY_RUN,
         input:
             **inputs("postprocess"),
         output:
