@@ -270,6 +270,10 @@ class Patches(_Section):
         None, description="class names annotated but good (reconstruction counts them as background)")
     save_original_images_and_masks: bool = Field(True, description="copy images and class-index masks to original/")
     num_workers: Int(ge=1) = Field(1, description="processes writing the train h5 files")
+    classification_folders: Int(ge=0) = Field(
+        0, description="patches drawn per train/dataset.txt line into classification/train/<class>/ (quadra's "
+        "sampling), with classification/val/<class>/ (the val grid patches without #DISCARD#): a class-folder "
+        "dataset for the classification workflow, e.g. to train the backbone on your own patches; 0 = off")
     # training samples
     iteration_over_training: Int(ge=1) = Field(
         1, description="patches drawn per dataset.txt line (a new random centre each time)")

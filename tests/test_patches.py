@@ -161,6 +161,50 @@ def test_patch_dataset_layout_h5_regions_and_grid_folders(sample_cfg):
         assert sum(info["counts"][split].values()) + info["discarded"][split] == len(files)
 
 
+def test_classification_folders_hold_drawn_training_patches_and_unambiguous_val_patches(tmp_path):
+    data = make_sample(tmp_path / "data")
+    cfg = validate_config(sample_config(data, tmp_path / "results", classification_folders=3))
+    prepare(cfg)
+    info = call(cfg, "patch_dataset")
+    root = Path(cfg["experiment"]["result_dir"]) / "pt" / "prepared" / "patches"
+    lines = (root / "train" / "dataset.txt").read_text().splitlines()
+    per_class = {c: 3 * sum(ln.endswith("," + c) for ln in lines) for c in CLASSES}
+    assert info["classification_counts"]["train"] == {c: n for c, n in sorted(per_class.items()) if n}
+    for cls, n in per_class.items():
+        files = sorted((root / "classification" / "train" / cls).glob("*.png"))
+        assert len(files) == n
+        for f in files:
+            patch = read_image(f)[..., 0].astype(int)
+            assert patch.shape == (32, 32)
+            # the sample's defects: bright squares (~170) and dark bars (~30) on ~100 texture
+            assert ((patch > 150).mean() > 0.02) == (cls == "bright"), f
+            assert ((patch < 50).mean() > 0.02) == (cls == "dark"), f
+    val = {c: sorted(p.name for p in (root / "classification" / "val" / c).glob("*.png"))
+           for c in CLASSES if (root / "classification" / "val" / c).is_dir()}
+    assert {c: len(v) for c, v in val.items()} == info["counts"]["val"] == info["classification_counts"]["val"]
+    assert not any(n.startswith(ps.DISCARD) for v in val.values() for n in v)
+    for c, names in val.items():
+        for n in names:
+            assert read_image(root / "classification" / "val" / c / n).tobytes() == \
+                read_image(root / "val" / c / n).tobytes()
+    # what the classification workflow reads: the same classes, every file a labelled image
+    ccfg = validate_config({"experiment": {"name": "bb", "workflow": "classification",
+                                           "result_dir": str(tmp_path / "results")},
+                            "data": {"train": str(root / "classification" / "train"),
+                                     "val": str(root / "classification" / "val"), "channels": 1,
+                                     "patch_size": [32, 32]},
+                            "model": {"architecture": "simple_cnn", "n_classes": 3}})
+    train, _ = workflows.get("classification").validate_dataset(ccfg, tmp_path / "bb_prep")
+    assert train["classes"] == sorted(CLASSES)
+    assert len(train["splits"]["train"]) == sum(per_class.values())
+    assert len(train["splits"]["val"]) == sum(info["counts"]["val"].values())
+    # off by default: no folder
+    off = validate_config(sample_config(data, tmp_path / "r2"))
+    prepare(off)
+    assert "classification_counts" not in call(off, "patch_dataset")
+    assert not (tmp_path / "r2" / "pt" / "prepared" / "patches" / "classification").exists()
+
+
 def test_class_folder_layout_puts_the_free_class_first(tmp_path):
     rng = np.random.default_rng(1)
     for cls in ("MT_Crack", "MT_Free", "MT_Blowhole"):
