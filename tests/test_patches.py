@@ -338,6 +338,27 @@ def test_a_bioflow_checkpoint_is_a_backbone_and_a_mismatch_is_named(tmp_path):
         build_backbone({**cfg["model"], "architecture": "resnet18", "weights": str(ck)}, 1, [32, 32])
 
 
+def test_a_bioflow_checkpoint_brings_its_own_input_normalization(tmp_path):
+    import torch
+
+    from bioflow.models.patch_features import input_normalization
+    ours = {"type": "zscore", "per_image": False, "percentiles": [1.0, 99.8]}
+    norm_json = tmp_path / "normalization.json"
+    norm_json.write_text(json.dumps({"mean": [100.0], "std": [10.0]}))
+    trained = {"type": "percentile", "per_image": False, "percentiles": [2.0, 98.0]}
+    ck = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {
+        "cfg": {"data": {"normalization": trained}, "model": {"architecture": "simple_cnn"}},
+        "normalization": {"p_low": [3.0], "p_high": [240.0]}}}, ck)
+    # the checkpoint's training normalization, not data.normalization with this experiment's statistics
+    assert input_normalization({"weights": str(ck)}, ours, norm_json) == (trained, {"p_low": [3.0], "p_high": [240.0]})
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(1)}, plain)
+    for weights in (None, str(plain)):
+        assert input_normalization({"weights": weights}, ours, norm_json) == (ours, {"mean": [100.0], "std": [10.0]})
+    assert input_normalization({"weights": None}, {**ours, "per_image": True}, norm_json)[1] is None
+
+
 def test_patch_f1_bootstrap_agrees_with_sklearn():
     from sklearn.metrics import confusion_matrix, f1_score
 
