@@ -75,13 +75,13 @@ def split_folders(src: Path, out: Path, test_frac: float = 0.3, seed: int = 0) -
     return root
 
 
-def base_config(data: Path, out: Path, name: str, draws: int) -> dict:
+def base_config(data: Path, out: Path, name: str, draws: int, stages=None) -> dict:
     return {"experiment": {"name": name, "workflow": "patch_classification", "result_dir": str(out / "results"),
                            "run_ids": [1]},
             "data": {"train": str(data / "train"), "test": str(data / "test"), "channels": 1},
             "model": {"architecture": "resnet18", "n_classes": 6},
             "patches": {"patch_size": [64, 64], "val_size": 0.2, "iteration_over_training": 4, "batch_size": 128,
-                        "classification_folders": draws},
+                        "classification_folders": draws, "feature_stages": stages},
             "metrics": {"bootstrap": 1000}}
 
 
@@ -153,6 +153,8 @@ def table(results: dict, classes: list[str]) -> str:
                                                  m["ci95"].get("image_detection.recall")))
     line("reconstruction IoU (defect pixels)", lambda m: fmt(m["reconstruction"]["iou_defect"],
                                                              m["ci95"].get("reconstruction.iou_defect")))
+    line("annotated defects hit / missed, false regions",
+         lambda m: "{true_region_bad} / {false_region_good}, {false_region_bad}".format(**m["regions"]))
     line("patch accuracy", lambda m: fmt(m["accuracy"]))
     line("patch F1 macro", lambda m: fmt(m["f1_macro"], m["ci95"].get("f1_macro")))
     for c in classes:
@@ -171,6 +173,8 @@ def main(argv=None) -> int:
                          "statistics and startup, and as a margin")
     ap.add_argument("--draws-per-line", type=int, default=DRAWS_PER_LINE,
                     help="patches.classification_folders: backbone training patches per dataset.txt line")
+    ap.add_argument("--feature-stages", type=int, nargs="+", default=None,
+                    help="patches.feature_stages of the resnet18 variants (default: its pooled output)")
     args = ap.parse_args(argv)
     src = args.data / "magnetic_tile_defects"
     if not src.is_dir():
@@ -181,7 +185,7 @@ def main(argv=None) -> int:
     budget = args.budget_minutes * 60
     data = split_folders(src, out)
     wf = workflows.get("patch_classification")
-    base = validate_config(base_config(data, out, "mt_patches", args.draws_per_line))
+    base = validate_config(base_config(data, out, "mt_patches", args.draws_per_line, args.feature_stages))
     for stage in ("validate_train", "validate_test", "norm_stats", "patch_dataset"):
         wf.call(stage, base)
     prep_seconds = round(time.time() - t_start, 1)

@@ -286,6 +286,10 @@ class Patches(_Section):
     input_size: list[Int(ge=1)] | None = Field(
         None, min_length=2, max_length=2, description="backbone input [height, width]; null: patch_size")
     # features
+    feature_stages: list[Int(ge=0)] | None = Field(
+        None, min_length=1, description="backbone stages (timm forward_intermediates indices, e.g. [3, 4]: "
+        "resnet18's last two) whose outputs, average-pooled over space, are concatenated as the features; "
+        "null: the backbone's own pooled output")
     batch_size: Int(ge=1) = Field(64, description="patches per backbone forward pass")
     automatic_batch_size: bool = Field(True, description="halve batch_size on out-of-memory")
     # head

@@ -338,6 +338,29 @@ def test_a_bioflow_checkpoint_is_a_backbone_and_a_mismatch_is_named(tmp_path):
         build_backbone({**cfg["model"], "architecture": "resnet18", "weights": str(ck)}, 1, [32, 32])
 
 
+def test_feature_stages_pool_and_concatenate_intermediate_stages(tmp_path):
+    import torch
+
+    from bioflow.models.patch_features import build_backbone, export_torchscript
+    model = {"architecture": "resnet18", "weights": None, "pretrained": False, "kwargs": {}, "n_classes": 3,
+             "dense_units": [], "dropout": 0.0, "metadata_units": [64]}
+    torch.manual_seed(0)
+    staged = build_backbone(model, 1, [32, 32], [3, 4])
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        out = staged(x)
+        inner = staged.backbone.forward_intermediates(x, indices=[3, 4], intermediates_only=True)
+    assert out.shape == (3, 256 + 512)  # resnet18's layer3 + layer4 widths
+    torch.testing.assert_close(out[:, :256], inner[0].mean(dim=(2, 3)))
+    torch.testing.assert_close(out[:, 256:], inner[1].mean(dim=(2, 3)))
+    assert not any(p.requires_grad for p in staged.parameters()) and not staged.training
+    # what the deployment ships: the traced wrapper gives the same features
+    traced = torch.jit.load(str(export_torchscript(staged, 1, [32, 32], tmp_path / "b.pt")))
+    torch.testing.assert_close(traced(x), out)
+    with pytest.raises(BioflowError, match="patches.feature_stages: 'simple_cnn' has no stages"):
+        build_backbone({**model, "architecture": "simple_cnn", "features": [8, 16]}, 1, [32, 32], [1])
+
+
 def test_a_bioflow_checkpoint_brings_its_own_input_normalization(tmp_path):
     import torch
 

@@ -52,8 +52,23 @@ class RawPixels(nn.Module):
         return torch.flatten(self.pool(x), 1)
 
 
-def build_backbone(model_cfg: dict, channels: int, input_size) -> nn.Module:
-    """The frozen feature extractor (eval mode, no gradients)."""
+class StagePool(nn.Module):
+    """Intermediate stages of a timm backbone (``forward_intermediates`` indices), each
+    average-pooled over space, concatenated: features that keep more local detail than the
+    last stage alone."""
+
+    def __init__(self, backbone: nn.Module, stages):
+        super().__init__()
+        self.backbone, self.stages = backbone, [int(s) for s in stages]
+
+    def forward(self, x):
+        feats = self.backbone.forward_intermediates(x, indices=self.stages, intermediates_only=True)
+        return torch.cat([f.mean(dim=(2, 3)) for f in feats], 1)
+
+
+def build_backbone(model_cfg: dict, channels: int, input_size, stages=None) -> nn.Module:
+    """The frozen feature extractor (eval mode, no gradients); with ``stages``
+    (``patches.feature_stages``) the pooled outputs of those stages, concatenated."""
     name = model_cfg["architecture"]
     if name == "raw_pixels":
         side = int((model_cfg["kwargs"] or {}).get("side", 8))
@@ -74,6 +89,11 @@ def build_backbone(model_cfg: dict, channels: int, input_size) -> nn.Module:
                     "classification checkpoint in model.weights for useful features", name)
     model = build_model(cfg)
     backbone = getattr(model, "backbone", model)
+    if stages is not None:
+        if not hasattr(backbone, "forward_intermediates"):
+            raise BioflowError(f"patches.feature_stages: '{name}' has no stages to take (not a timm model "
+                               f"with forward_intermediates); set patches.feature_stages: null")
+        backbone = StagePool(backbone, stages)
     for prm in backbone.parameters():
         prm.requires_grad_(False)
     return backbone.eval()
@@ -198,7 +218,7 @@ def run(cfg: dict, run_id, info_path, norm_path, features_path, backbone_path) -
     norm_cfg, stats = input_normalization(cfg["model"].to_dict(), cfg["data"]["normalization"].to_dict(),
                                           norm_path)
     torch.manual_seed(int(run_id or 0))  # a randomly initialised backbone is the run's own
-    backbone = build_backbone(cfg["model"].to_dict(), channels, size)
+    backbone = build_backbone(cfg["model"].to_dict(), channels, size, p["feature_stages"])
     classes = list(info["classes"])
     bs, auto = int(p["batch_size"]), bool(p["automatic_batch_size"])
 

@@ -45,7 +45,7 @@ GENERATION_KEYS = ("experiment.ndim", "data.channels", "data.channel_axis", "pat
 # what the features depend on: the backbone and its weights, its input, the training samples
 FEATURE_KEYS = ("model", "data.channels", "data.normalization", "patches.iteration_over_training",
                 "patches.balance_classes", "patches.class_to_skip_training", "patches.include_filter",
-                "patches.exclude_filter", "patches.input_size")
+                "patches.exclude_filter", "patches.input_size", "patches.feature_stages")
 HEAD_KEYS = ("patches.classifier", "patches.classifier_kwargs", "patches.standardize",
              "patches.cross_validation")
 BATCH_KEYS = ("patches.batch_size", "patches.automatic_batch_size")
