@@ -75,27 +75,30 @@ def split_folders(src: Path, out: Path, test_frac: float = 0.3, seed: int = 0) -
     return root
 
 
-def base_config(data: Path, out: Path, name: str, draws: int, stages=None) -> dict:
+def base_config(data: Path, out: Path, name: str, draws: int, input_size: int, stages=None) -> dict:
     return {"experiment": {"name": name, "workflow": "patch_classification", "result_dir": str(out / "results"),
                            "run_ids": [1]},
             "data": {"train": str(data / "train"), "test": str(data / "test"), "channels": 1},
             "model": {"architecture": "resnet18", "n_classes": 6},
             "patches": {"patch_size": [64, 64], "val_size": 0.2, "iteration_over_training": 4, "batch_size": 128,
-                        "classification_folders": draws, "feature_stages": stages},
+                        "classification_folders": draws, "feature_stages": stages,
+                        "input_size": [input_size, input_size]},
             "metrics": {"bootstrap": 1000}}
 
 
-def backbone_config(out: Path, patches_dir: Path, minutes: float) -> dict:
+def backbone_config(out: Path, patches_dir: Path, minutes: float, input_size: int) -> dict:
     """The classification experiment that trains the backbone on the patch dataset's class
     folders (what a user writes: data.train / data.val point into prepared/patches)."""
     cls_root = patches_dir / "classification"
     return {"experiment": {"name": "mt_backbone", "workflow": "classification", "result_dir": str(out / "results"),
                            "run_ids": [1]},
             "data": {"train": str(cls_root / "train"), "val": str(cls_root / "val"), "channels": 1,
-                     "patch_size": [64, 64]},
+                     "patch_size": [input_size, input_size]},
             "model": {"architecture": "resnet18", "n_classes": 6},
             "train": {"epochs": 100, "patience": 10, "batch_size": 64, "lr": 1e-3, "class_weights": "auto",
-                      "max_time_minutes": round(minutes, 2), "warmup_epochs": 1, "n_sample_images": 0,
+                      "max_time_minutes": round(minutes, 2), "warmup_epochs": 0, "n_sample_images": 0,
+                      # long epochs: validating the ~2900 val patches is costly on 2 cores
+                      "steps_per_epoch": 250,
                       # defects keep their class under flips and quarter turns; brightness is a cue
                       # (MT_Uneven), so no brightness / contrast jitter
                       "augmentation": {"flips": True, "rot90": True, "brightness_contrast": False}}}
@@ -173,6 +176,8 @@ def main(argv=None) -> int:
                          "statistics and startup, and as a margin")
     ap.add_argument("--draws-per-line", type=int, default=DRAWS_PER_LINE,
                     help="patches.classification_folders: backbone training patches per dataset.txt line")
+    ap.add_argument("--input-size", type=int, default=32,
+                    help="backbone input side (patches.input_size; the 64 x 64 patches are resized)")
     ap.add_argument("--feature-stages", type=int, nargs="+", default=None,
                     help="patches.feature_stages of the resnet18 variants (default: its pooled output)")
     args = ap.parse_args(argv)
@@ -185,7 +190,7 @@ def main(argv=None) -> int:
     budget = args.budget_minutes * 60
     data = split_folders(src, out)
     wf = workflows.get("patch_classification")
-    base = validate_config(base_config(data, out, "mt_patches", args.draws_per_line, args.feature_stages))
+    base = validate_config(base_config(data, out, "mt_patches", args.draws_per_line, args.input_size, args.feature_stages))
     for stage in ("validate_train", "validate_test", "norm_stats", "patch_dataset"):
         wf.call(stage, base)
     prep_seconds = round(time.time() - t_start, 1)
@@ -198,7 +203,7 @@ def main(argv=None) -> int:
     if minutes < 1:
         sys.exit(f"only {minutes:.1f} min left for the backbone's training: raise --budget-minutes")
     t0 = time.time()
-    ckpt = backbone_training(out, backbone_config(out, patches_dir, minutes))
+    ckpt = backbone_training(out, backbone_config(out, patches_dir, minutes, args.input_size))
     backbone_seconds = round(time.time() - t0, 1)
     results["bioflow"] = run_variant(wf, base, "bioflow", ckpt)
     total = round(time.time() - t_start, 1)

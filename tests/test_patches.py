@@ -361,6 +361,16 @@ def test_feature_stages_pool_and_concatenate_intermediate_stages(tmp_path):
         build_backbone({**model, "architecture": "simple_cnn", "features": [8, 16]}, 1, [32, 32], [1])
 
 
+def test_patches_are_resized_as_the_classification_workflow_resizes():
+    from bioflow.data.classification import fit_to_size
+    from bioflow.models.patch_features import to_tensor
+    patch = np.random.default_rng(0).integers(0, 255, (64, 64, 1)).astype(np.uint8)
+    none = {"type": "none", "per_image": False, "percentiles": [1.0, 99.8]}
+    ours = to_tensor([patch], None, none, [32, 32])[0].numpy()
+    theirs = fit_to_size(patch.transpose(2, 0, 1).astype(np.float32), (32, 32))
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
 def test_a_bioflow_checkpoint_brings_its_own_input_normalization(tmp_path):
     import torch
 

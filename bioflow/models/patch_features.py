@@ -156,7 +156,10 @@ def to_tensor(patches: list[np.ndarray], stats: dict | None, norm_cfg: dict, inp
     for p in patches:
         t = torch.from_numpy(normalize(p, stats, norm_cfg)).permute(2, 0, 1)[None]
         if tuple(t.shape[-2:]) != size:
-            t = nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
+            # as the classification workflow resizes (antialiased when shrinking): a backbone it
+            # trained sees the same inputs here
+            shrink = any(s < o for s, o in zip(size, t.shape[-2:]))
+            t = nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
         out.append(t)
     return torch.cat(out)
 
