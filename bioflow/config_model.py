@@ -297,6 +297,10 @@ class Patches(_Section):
         None, description="class names annotated but good (reconstruction counts them as background)")
     save_original_images_and_masks: bool = Field(True, description="copy images and class-index masks to original/")
     num_workers: Int(ge=1) = Field(1, description="processes writing the train h5 files")
+    classification_folders: Int(ge=0) = Field(
+        0, description="patches drawn per train/dataset.txt line into classification/train/<class>/ (quadra's "
+        "sampling), with classification/val/<class>/ (the val grid patches without #DISCARD#): a class-folder "
+        "dataset for the classification workflow, e.g. to train the backbone on your own patches; 0 = off")
     # training samples
     iteration_over_training: Int(ge=1) = Field(
         1, description="patches drawn per dataset.txt line (a new random centre each time)")
@@ -309,6 +313,10 @@ class Patches(_Section):
     input_size: list[Int(ge=1)] | None = Field(
         None, min_length=2, max_length=2, description="backbone input [height, width]; null: patch_size")
     # features
+    feature_stages: list[Int(ge=0)] | None = Field(
+        None, min_length=1, description="backbone stages (timm forward_intermediates indices, e.g. [3, 4]: "
+        "resnet18's last two) whose outputs, average-pooled over space, are concatenated as the features; "
+        "null: the backbone's own pooled output")
     batch_size: Int(ge=1) = Field(64, description="patches per backbone forward pass")
     automatic_batch_size: bool = Field(True, description="halve batch_size on out-of-memory")
     # head

@@ -161,6 +161,50 @@ def test_patch_dataset_layout_h5_regions_and_grid_folders(sample_cfg):
         assert sum(info["counts"][split].values()) + info["discarded"][split] == len(files)
 
 
+def test_classification_folders_hold_drawn_training_patches_and_unambiguous_val_patches(tmp_path):
+    data = make_sample(tmp_path / "data")
+    cfg = validate_config(sample_config(data, tmp_path / "results", classification_folders=3))
+    prepare(cfg)
+    info = call(cfg, "patch_dataset")
+    root = Path(cfg["experiment"]["result_dir"]) / "pt" / "prepared" / "patches"
+    lines = (root / "train" / "dataset.txt").read_text().splitlines()
+    per_class = {c: 3 * sum(ln.endswith("," + c) for ln in lines) for c in CLASSES}
+    assert info["classification_counts"]["train"] == {c: n for c, n in sorted(per_class.items()) if n}
+    for cls, n in per_class.items():
+        files = sorted((root / "classification" / "train" / cls).glob("*.png"))
+        assert len(files) == n
+        for f in files:
+            patch = read_image(f)[..., 0].astype(int)
+            assert patch.shape == (32, 32)
+            # the sample's defects: bright squares (~170) and dark bars (~30) on ~100 texture
+            assert ((patch > 150).mean() > 0.02) == (cls == "bright"), f
+            assert ((patch < 50).mean() > 0.02) == (cls == "dark"), f
+    val = {c: sorted(p.name for p in (root / "classification" / "val" / c).glob("*.png"))
+           for c in CLASSES if (root / "classification" / "val" / c).is_dir()}
+    assert {c: len(v) for c, v in val.items()} == info["counts"]["val"] == info["classification_counts"]["val"]
+    assert not any(n.startswith(ps.DISCARD) for v in val.values() for n in v)
+    for c, names in val.items():
+        for n in names:
+            assert read_image(root / "classification" / "val" / c / n).tobytes() == \
+                read_image(root / "val" / c / n).tobytes()
+    # what the classification workflow reads: the same classes, every file a labelled image
+    ccfg = validate_config({"experiment": {"name": "bb", "workflow": "classification",
+                                           "result_dir": str(tmp_path / "results")},
+                            "data": {"train": str(root / "classification" / "train"),
+                                     "val": str(root / "classification" / "val"), "channels": 1,
+                                     "patch_size": [32, 32]},
+                            "model": {"architecture": "simple_cnn", "n_classes": 3}})
+    train, _ = workflows.get("classification").validate_dataset(ccfg, tmp_path / "bb_prep")
+    assert train["classes"] == sorted(CLASSES)
+    assert len(train["splits"]["train"]) == sum(per_class.values())
+    assert len(train["splits"]["val"]) == sum(info["counts"]["val"].values())
+    # off by default: no folder
+    off = validate_config(sample_config(data, tmp_path / "r2"))
+    prepare(off)
+    assert "classification_counts" not in call(off, "patch_dataset")
+    assert not (tmp_path / "r2" / "pt" / "prepared" / "patches" / "classification").exists()
+
+
 def test_class_folder_layout_puts_the_free_class_first(tmp_path):
     rng = np.random.default_rng(1)
     for cls in ("MT_Crack", "MT_Free", "MT_Blowhole"):
@@ -292,6 +336,60 @@ def test_a_bioflow_checkpoint_is_a_backbone_and_a_mismatch_is_named(tmp_path):
     assert torch.allclose(backbone(x), model.backbone.eval()(x))
     with pytest.raises(BioflowError, match="is a bioflow checkpoint of a 'simple_cnn', not model.architecture"):
         build_backbone({**cfg["model"], "architecture": "resnet18", "weights": str(ck)}, 1, [32, 32])
+
+
+def test_feature_stages_pool_and_concatenate_intermediate_stages(tmp_path):
+    import torch
+
+    from bioflow.models.patch_features import build_backbone, export_torchscript
+    model = {"architecture": "resnet18", "weights": None, "pretrained": False, "kwargs": {}, "n_classes": 3,
+             "dense_units": [], "dropout": 0.0, "metadata_units": [64]}
+    torch.manual_seed(0)
+    staged = build_backbone(model, 1, [32, 32], [3, 4])
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        out = staged(x)
+        inner = staged.backbone.forward_intermediates(x, indices=[3, 4], intermediates_only=True)
+    assert out.shape == (3, 256 + 512)  # resnet18's layer3 + layer4 widths
+    torch.testing.assert_close(out[:, :256], inner[0].mean(dim=(2, 3)))
+    torch.testing.assert_close(out[:, 256:], inner[1].mean(dim=(2, 3)))
+    assert not any(p.requires_grad for p in staged.parameters()) and not staged.training
+    # what the deployment ships: the traced wrapper gives the same features
+    traced = torch.jit.load(str(export_torchscript(staged, 1, [32, 32], tmp_path / "b.pt")))
+    torch.testing.assert_close(traced(x), out)
+    with pytest.raises(BioflowError, match="patches.feature_stages: 'simple_cnn' has no stages"):
+        build_backbone({**model, "architecture": "simple_cnn", "features": [8, 16]}, 1, [32, 32], [1])
+
+
+def test_patches_are_resized_as_the_classification_workflow_resizes():
+    from bioflow.data.classification import fit_to_size
+    from bioflow.models.patch_features import to_tensor
+    patch = np.random.default_rng(0).integers(0, 255, (64, 64, 1)).astype(np.uint8)
+    none = {"type": "none", "per_image": False, "percentiles": [1.0, 99.8]}
+    ours = to_tensor([patch], None, none, [32, 32])[0].numpy()
+    theirs = fit_to_size(patch.transpose(2, 0, 1).astype(np.float32), (32, 32))
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_a_bioflow_checkpoint_brings_its_own_input_normalization(tmp_path):
+    import torch
+
+    from bioflow.models.patch_features import input_normalization
+    ours = {"type": "zscore", "per_image": False, "percentiles": [1.0, 99.8]}
+    norm_json = tmp_path / "normalization.json"
+    norm_json.write_text(json.dumps({"mean": [100.0], "std": [10.0]}))
+    trained = {"type": "percentile", "per_image": False, "percentiles": [2.0, 98.0]}
+    ck = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {
+        "cfg": {"data": {"normalization": trained}, "model": {"architecture": "simple_cnn"}},
+        "normalization": {"p_low": [3.0], "p_high": [240.0]}}}, ck)
+    # the checkpoint's training normalization, not data.normalization with this experiment's statistics
+    assert input_normalization({"weights": str(ck)}, ours, norm_json) == (trained, {"p_low": [3.0], "p_high": [240.0]})
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(1)}, plain)
+    for weights in (None, str(plain)):
+        assert input_normalization({"weights": weights}, ours, norm_json) == (ours, {"mean": [100.0], "std": [10.0]})
+    assert input_normalization({"weights": None}, {**ours, "per_image": True}, norm_json)[1] is None
 
 
 def test_patch_f1_bootstrap_agrees_with_sklearn():

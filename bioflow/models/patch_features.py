@@ -8,7 +8,8 @@ timm's pretrained weights (``model.pretrained``, needs a download). With neither
 says a randomly initialised backbone is frozen. ``raw_pixels`` is the no-network baseline.
 
 Patches are normalized as ``data.normalization`` says (train-set statistics of
-``norm_stats``), resized to ``patches.input_size`` and passed through the frozen backbone in
+``norm_stats``), or, with a bioflow checkpoint in ``model.weights``, as that model's training
+normalized its inputs (its stored config and statistics); resized to ``patches.input_size`` and passed through the frozen backbone in
 batches of ``patches.batch_size``, halved on out-of-memory when
 ``patches.automatic_batch_size``. Written once per run, so a head change reuses them:
 
@@ -51,8 +52,23 @@ class RawPixels(nn.Module):
         return torch.flatten(self.pool(x), 1)
 
 
-def build_backbone(model_cfg: dict, channels: int, input_size) -> nn.Module:
-    """The frozen feature extractor (eval mode, no gradients)."""
+class StagePool(nn.Module):
+    """Intermediate stages of a timm backbone (``forward_intermediates`` indices), each
+    average-pooled over space, concatenated: features that keep more local detail than the
+    last stage alone."""
+
+    def __init__(self, backbone: nn.Module, stages):
+        super().__init__()
+        self.backbone, self.stages = backbone, [int(s) for s in stages]
+
+    def forward(self, x):
+        feats = self.backbone.forward_intermediates(x, indices=self.stages, intermediates_only=True)
+        return torch.cat([f.mean(dim=(2, 3)) for f in feats], 1)
+
+
+def build_backbone(model_cfg: dict, channels: int, input_size, stages=None) -> nn.Module:
+    """The frozen feature extractor (eval mode, no gradients); with ``stages``
+    (``patches.feature_stages``) the pooled outputs of those stages, concatenated."""
     name = model_cfg["architecture"]
     if name == "raw_pixels":
         side = int((model_cfg["kwargs"] or {}).get("side", 8))
@@ -62,7 +78,7 @@ def build_backbone(model_cfg: dict, channels: int, input_size) -> nn.Module:
            "model": {**model_cfg, "multilabel": False}}
     weights = model_cfg["weights"]
     if weights and Path(weights).is_file():
-        hp = _checkpoint_cfg(weights)
+        hp = (checkpoint_hparams(weights) or {}).get("cfg")
         if hp is not None and hp["model"]["architecture"] != name:
             raise BioflowError(f"model.weights: {weights} is a bioflow checkpoint of a "
                                f"'{hp['model']['architecture']}', not model.architecture '{name}'; "
@@ -73,19 +89,41 @@ def build_backbone(model_cfg: dict, channels: int, input_size) -> nn.Module:
                     "classification checkpoint in model.weights for useful features", name)
     model = build_model(cfg)
     backbone = getattr(model, "backbone", model)
+    if stages is not None:
+        if not hasattr(backbone, "forward_intermediates"):
+            raise BioflowError(f"patches.feature_stages: '{name}' has no stages to take (not a timm model "
+                               f"with forward_intermediates); set patches.feature_stages: null")
+        backbone = StagePool(backbone, stages)
     for prm in backbone.parameters():
         prm.requires_grad_(False)
     return backbone.eval()
 
 
-def _checkpoint_cfg(path) -> dict | None:
-    """The config inside a bioflow checkpoint, or None for a plain state_dict."""
+def checkpoint_hparams(path) -> dict | None:
+    """The hyper_parameters of a bioflow checkpoint (its training config ``cfg``, its
+    ``normalization`` statistics), or None for a plain state_dict."""
     try:
         ck = load_tensors(path, "model.weights")
     except BioflowError:  # reported by the weight loader with its fix
         return None
     hp = ck.get("hyper_parameters") if isinstance(ck, dict) else None
-    return hp.get("cfg") if isinstance(hp, dict) and isinstance(hp.get("cfg"), dict) else None
+    return hp if isinstance(hp, dict) and isinstance(hp.get("cfg"), dict) else None
+
+
+def input_normalization(model_cfg: dict, norm_cfg: dict, norm_path) -> tuple[dict, dict | None]:
+    """(normalization config, statistics) the backbone's inputs get: those a bioflow
+    checkpoint in ``model.weights`` was trained with (its features mean something only on
+    inputs scaled as in its training), else ``data.normalization`` with the train-set
+    statistics of ``norm_stats``."""
+    weights = model_cfg["weights"]
+    hp = checkpoint_hparams(weights) if weights and Path(weights).is_file() else None
+    if hp is not None and "normalization" in hp:
+        ck_cfg = dict(hp["cfg"]["data"]["normalization"])
+        log.info("patch_features: inputs normalized as %s was trained (%s), not by data.normalization",
+                 weights, ck_cfg["type"])
+        return ck_cfg, hp["normalization"]
+    stats = load_stats(norm_path) if norm_cfg["type"] != "none" and not norm_cfg["per_image"] else None
+    return norm_cfg, stats
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -118,7 +156,10 @@ def to_tensor(patches: list[np.ndarray], stats: dict | None, norm_cfg: dict, inp
     for p in patches:
         t = torch.from_numpy(normalize(p, stats, norm_cfg)).permute(2, 0, 1)[None]
         if tuple(t.shape[-2:]) != size:
-            t = nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
+            # as the classification workflow resizes (antialiased when shrinking): a backbone it
+            # trained sees the same inputs here
+            shrink = any(s < o for s, o in zip(size, t.shape[-2:]))
+            t = nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
         out.append(t)
     return torch.cat(out)
 
@@ -177,10 +218,10 @@ def run(cfg: dict, run_id, info_path, norm_path, features_path, backbone_path) -
     p = cfg["patches"]
     channels = int(cfg["data"]["channels"])
     size = input_size_of(info, p)
-    norm_cfg = cfg["data"]["normalization"].to_dict()
-    stats = load_stats(norm_path) if norm_cfg["type"] != "none" and not norm_cfg["per_image"] else None
+    norm_cfg, stats = input_normalization(cfg["model"].to_dict(), cfg["data"]["normalization"].to_dict(),
+                                          norm_path)
     torch.manual_seed(int(run_id or 0))  # a randomly initialised backbone is the run's own
-    backbone = build_backbone(cfg["model"].to_dict(), channels, size)
+    backbone = build_backbone(cfg["model"].to_dict(), channels, size, p["feature_stages"])
     classes = list(info["classes"])
     bs, auto = int(p["batch_size"]), bool(p["automatic_batch_size"])
 

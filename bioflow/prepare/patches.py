@@ -21,6 +21,10 @@ atomically) has quadra's layout:
   columns + column), ``#DISCARD#``-prefixed when it holds defect pixels below both
   thresholds (ambiguous: left out of the patch metrics, kept for reconstruction); an
   unlabelled test set goes to ``test/None/``;
+* ``classification/{train,val}/<class>/`` (``patches.classification_folders: k``): ``k``
+  patches drawn per dataset.txt line and the unambiguous val grid patches, class folders
+  that the classification workflow reads (train a backbone on the patches, then give its
+  checkpoint as ``model.weights``);
 * ``info.json``: classes, ``class_to_idx``, the generation parameters, patch counts per
   split and class, and the image / mask files of each split.
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import shutil
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -47,7 +52,7 @@ from skimage.measure import label, regionprops
 
 from bioflow.data.manifest import load_manifest, read_entry_image
 from bioflow.data.masks import apply_mask_transform
-from bioflow.data.patch_sampling import DISCARD, UNLABELLED, pad_to
+from bioflow.data.patch_sampling import DISCARD, UNLABELLED, draw, grid_patches, pad_to, read_region, resolve
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_dir, read_mask, write_image, write_json
 
@@ -239,7 +244,8 @@ def _params(cfg) -> dict:
             "area_defect_threshold": float(p["area_defect_threshold"]),
             "repeat_good_images": int(p["repeat_good_images"]), "balance_defects": bool(p["balance_defects"]),
             "annotated_good": p["annotated_good"],
-            "save_original_images_and_masks": bool(p["save_original_images_and_masks"])}
+            "save_original_images_and_masks": bool(p["save_original_images_and_masks"]),
+            "classification_folders": int(p["classification_folders"])}
 
 
 def _write_h5(path: Path, img_path: str, mask_path: str | None, patch_size, triangles, weights,
@@ -318,6 +324,37 @@ def _grid_split(items, masks, images, out: Path, classes, p, labelled: bool) -> 
     return counts, discarded
 
 
+def classification_folders(root: Path, lines: list[str], images: dict, per_line: int, seed: int = 0) -> dict:
+    """``root/classification/{train,val}/<class>/``: ``per_line`` patches drawn (quadra's
+    sampling, as patch_features draws them) per dataset.txt line, and the val grid patches
+    without the ambiguous ``#DISCARD#`` ones (hard links); a dataset for the classification
+    workflow. ``images``: resolved image path -> image. Returns the counts per split and class."""
+    rng = np.random.default_rng(seed)
+    out = root / "classification"
+    counts = {"train": Counter(), "val": Counter()}
+    drawn = Counter()  # an h5 named on several lines (balance_defects) gets new names
+    for line in lines:
+        name, cls = line.strip().rsplit(",", 1)
+        region = read_region(root / "train" / name, root)
+        img = images[str(region.img_path)]
+        for _ in range(per_line):
+            patch, _ = draw(region, img, rng)
+            write_image(out / "train" / cls / f"{Path(name).stem}_{drawn[name]}{_patch_ext(patch)}", patch)
+            drawn[name] += 1
+            counts["train"][cls] += 1
+    for g in grid_patches(root / "val"):
+        if g.discard or g.class_name is None:
+            continue
+        dst = out / "val" / g.class_name / g.path.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(g.path, dst)
+        except OSError:  # a file system without hard links
+            shutil.copy2(g.path, dst)
+        counts["val"][g.class_name] += 1
+    return {s: dict(sorted(c.items())) for s, c in counts.items()}
+
+
 def run(cfg: dict, manifest_path, out_dir, test_manifest_path=None, num_workers: int = 1) -> dict:
     """Stage patch_dataset; returns the info dict (also written to ``info.json``).
     ``manifest_path``: the train part (None in a predict-only run); ``test_manifest_path``:
@@ -342,6 +379,7 @@ def run(cfg: dict, manifest_path, out_dir, test_manifest_path=None, num_workers:
     out_dir = Path(out_dir)
     info = {"classes": classes, "class_to_idx": {c: i for i, c in enumerate(classes)}, **p,
             "channels": first["channels"], "counts": {}, "discarded": {}}
+    train_images, lines = {}, []
     with atomic_dir(out_dir) as tmp:
         for s in ("train", "val", "test"):
             if s not in splits:
@@ -365,6 +403,8 @@ def run(cfg: dict, manifest_path, out_dir, test_manifest_path=None, num_workers:
                 items.append(item)
                 masks.append(mask)
                 images.append(img)
+                if s == "train":
+                    train_images[str(resolve(tmp, item["image_path"]))] = img
             info[f"{s}_files"] = items
             if s == "train":
                 (tmp / "train").mkdir()
@@ -381,6 +421,9 @@ def run(cfg: dict, manifest_path, out_dir, test_manifest_path=None, num_workers:
                 counts, dropped = _grid_split(items, masks, images, tmp / s, classes, p, labelled)
                 info["counts"][s] = dict(sorted(counts.items()))
                 info["discarded"][s] = dropped
+        if p["classification_folders"] and lines:
+            info["classification_counts"] = classification_folders(tmp, lines, train_images,
+                                                                   p["classification_folders"])
         write_json(tmp / "info.json", info)
     for s, c in info["counts"].items():
         log.info("patch_dataset %s: %s%s", s, ", ".join(f"{k}={v}" for k, v in c.items()),

@@ -40,11 +40,12 @@ INPUT_KEYS = ("data.mask_transform", "patches.mask_extension", "patches.class_to
 GENERATION_KEYS = ("experiment.ndim", "data.channels", "data.channel_axis", "patches.patch_size",
                    "patches.patch_number", "patches.overlap", "patches.area_threshold",
                    "patches.area_defect_threshold", "patches.repeat_good_images", "patches.balance_defects",
-                   "patches.annotated_good", "patches.save_original_images_and_masks")
+                   "patches.annotated_good", "patches.save_original_images_and_masks",
+                   "patches.classification_folders")
 # what the features depend on: the backbone and its weights, its input, the training samples
 FEATURE_KEYS = ("model", "data.channels", "data.normalization", "patches.iteration_over_training",
                 "patches.balance_classes", "patches.class_to_skip_training", "patches.include_filter",
-                "patches.exclude_filter", "patches.input_size")
+                "patches.exclude_filter", "patches.input_size", "patches.feature_stages")
 HEAD_KEYS = ("patches.classifier", "patches.classifier_kwargs", "patches.standardize",
              "patches.cross_validation")
 BATCH_KEYS = ("patches.batch_size", "patches.automatic_batch_size")
