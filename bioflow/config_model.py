@@ -246,7 +246,10 @@ class Inference(_Section):
                               "end of training (max sensitivity + specificity - 1 / max F1), stored in the "
                               "checkpoint; a number: that threshold. predictions.csv and the metrics keep "
                               "the argmax decision beside the thresholded one")
-    memory_budget_mb: Num(gt=0) = Field(2048, description="volumes larger than this are processed chunk by chunk")
+    memory_budget_mb: Num(gt=0) = Field(2048, description=(
+        "memory for predicting one image: its buffers plus the model's activations for a batch of tiles; "
+        "an image needing more is streamed chunk by chunk (with fewer tiles per batch where the activations "
+        "need it)"))
     shards: Int(ge=1) = Field(
         1, description="prediction split over this many jobs (e.g. GPUs of a cluster), merged before metrics; "
                        "a rerun after a kill skips the images a shard finished")

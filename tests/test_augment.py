@@ -168,3 +168,18 @@ def test_tta_follows_the_training_flip_axes(spatial, flips, rot90, expected):
 def test_a_horizontal_flip_with_quarter_turns_generates_the_whole_square_group():
     # x flips + rot90 generate every symmetry of the square: TTA equals the full set
     assert len(tta_transforms((8, 8), ["x"], True)) == 8
+
+
+def test_affine_3d_slice_by_slice_equals_the_3d_transform():
+    """3D affine runs as the same 2D transform per z slice (z is left alone): same values as
+    scipy's 3D transform with the 3D matrix."""
+    from scipy import ndimage
+    from bioflow.data.augment import affine
+    rng = np.random.default_rng(0)
+    img = rng.random((2, 5, 17, 19), dtype=np.float32)
+    mask = (rng.random((5, 17, 19)) * 3).astype(np.uint8)
+    out, m = affine(img, mask, 20.0, 1.05, (1.5, -2.0))
+    mat, off = affine_matrix(3, img.shape[1:], 20.0, 1.05, (1.5, -2.0))
+    ref = np.stack([ndimage.affine_transform(c, mat, off, order=1, mode="reflect") for c in img])
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    np.testing.assert_array_equal(m, ndimage.affine_transform(mask, mat, off, order=0, mode="reflect"))

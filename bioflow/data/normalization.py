@@ -65,6 +65,33 @@ def _norm_cfg(norm_cfg: dict | None) -> dict:
 
 # --- the pure function ---------------------------------------------------------------
 
+def percentiles(image: np.ndarray, q) -> np.ndarray:
+    """Per-channel percentiles ``q`` of a ``(..., c)`` image, ``(len(q), c)`` float64, equal to
+    ``np.percentile(image.reshape(-1, c), q, axis=0)`` (linear interpolation). Images of at
+    most 16-bit integers (the usual microscopy data) take them from a histogram: one counting
+    pass instead of a selection over every pixel (10-20x faster, see benchmarks/RESULTS.md)."""
+    img = np.asarray(image)
+    c = img.shape[-1]
+    flat = img.reshape(-1, c)
+    if not (img.dtype.kind in "biu" and img.dtype.itemsize <= 2) or flat.shape[0] == 0:
+        return np.asarray(np.percentile(flat, list(q), axis=0), dtype=np.float64).reshape(len(q), c)
+    n = flat.shape[0]
+    base = int(np.iinfo(img.dtype).min) if img.dtype != bool else 0
+    pos = np.asarray(q, dtype=np.float64) / 100.0 * (n - 1)
+    below = np.floor(pos)
+    t = pos - below
+    ranks = np.stack([below, np.minimum(below + 1, n - 1)]).astype(np.int64)
+    out = np.empty((len(pos), c))
+    for ch in range(c):
+        v = flat[:, ch]
+        v = v.view(np.uint8) if v.dtype == bool else v
+        counts = np.bincount((v.astype(np.int32) - base) if base else v.ravel())
+        a, b = np.searchsorted(np.cumsum(counts), ranks, side="right").astype(np.float64) + base
+        # numpy's linear interpolation, in its form for each side of t = 0.5
+        out[:, ch] = np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
+    return out
+
+
 def _per_channel(values, c: int, name: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64).reshape(-1)
     if arr.size == 1 and c > 1:
@@ -120,9 +147,8 @@ def normalize(image: np.ndarray, stats: dict | None, norm_cfg: dict | None) -> n
         return x
     if kind == "percentile":
         lo_p, hi_p = ncfg["percentiles"]
-        if per_image:
-            flat = x.reshape(-1, c)
-            lo, hi = np.percentile(flat, [lo_p, hi_p], axis=0)
+        if per_image:  # of the stored values where they can be counted, else of the float32 copy
+            lo, hi = percentiles(img if img.dtype.kind in "biu" and img.dtype.itemsize <= 2 else x, [lo_p, hi_p])
         else:
             _need(stats, "percentile_low", kind)
             if [float(v) for v in stats.get("percentiles", [])] != [float(lo_p), float(hi_p)]:

@@ -19,9 +19,13 @@ One forward pass per tile by default: the whole-image and per-patch passes are o
 ``passes`` column of ``predictions.csv`` says which ran (with ``precision``/``channels_last``:
 the policy of :mod:`bioflow.models.precision` the model ran at).
 
-An image whose in-memory footprint exceeds ``memory_budget_mb`` is read and written row-chunk
-by row-chunk (``bioflow.inference.streaming``); the tiling code is the same, so the result equals
-the in-memory one. Needs only the checkpoint (which carries the normalization statistics).
+An image whose in-memory footprint (its buffers plus the model's activations for one batch of
+tiles, :func:`forward_bytes`) exceeds ``memory_budget_mb`` is read and written row-chunk by
+row-chunk (``bioflow.inference.streaming``), with the batch made smaller where the budget cannot
+hold ``batch_size`` tiles' activations (``batch_size`` in ``predictions.csv``); the tiling code
+is the same, so the result equals the in-memory one (bitwise where the batch is not reduced, and
+at bf16, where a smaller batch computes the same values). Needs only the checkpoint (which
+carries the normalization statistics).
 
 A killed prediction does not redo finished images: each finished image's files are hard-linked
 into ``run_dir/.predict_done/<key>/`` with its CSV row written last (the marker), and a rerun
@@ -38,6 +42,7 @@ import logging
 import os
 import shutil
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +104,78 @@ def in_memory_bytes(spatial, channels: int, n_classes: int, plan: tiling.TilePla
     padded = int(np.prod(plan.padded_shape))
     px = int(np.prod(spatial))
     return 4 * (padded * channels + px * (n_classes + 1) + px * n_classes) + 2 * px
+
+
+def stream_bytes(plan: tiling.TilePlan, channels: int, n_classes: int, batch: int) -> int:
+    """Upper bound of the data buffers of streamed tiled inference with ``batch`` tiles per
+    forward pass (see :func:`bioflow.inference.tiling.predict_tiled`): the float32 input slabs
+    of the tile rows one batch spans plus the copies that reading and normalising one more
+    slab makes, the accumulator rows of those tile rows (x2 while the buffer grows), the rows
+    being flushed, and the batch's tiles and probabilities. Activations are counted apart
+    (:func:`forward_bytes`)."""
+    per_row = max(1, len(plan) // len(plan.steps[0]))      # tiles in one tile row
+    n_rows = -(-batch // per_row) + 1                       # tile rows one batch can span
+    t0 = plan.tile[0]
+    slab = t0 * int(np.prod(plan.padded_shape[1:])) * channels
+    rest = int(np.prod(plan.extent[1:]))
+    acc = n_rows * t0 * rest * (n_classes + 1)
+    tile_px = int(np.prod(plan.tile))
+    return 4 * ((n_rows + 2) * slab + 2 * acc + 2 * t0 * rest * n_classes
+                + batch * tile_px * (channels + 2 * n_classes))
+
+
+_FORWARD_BYTES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def forward_bytes(model, tile, channels: int, policy: precision.Policy | None = None) -> int:
+    """Estimated peak memory of the forward pass of one tile (one sample of a batch), from one
+    forward pass of a blank tile: the largest total of layer outputs alive at once (each tracked
+    until it is freed), x1.5 for the layers' own scratch memory (the 3D U-Net at bf16 on a CPU
+    measured 1.3x its outputs), plus the input and the float32 logits and probabilities. Cached
+    per model, tile, channels and policy."""
+    key = (tuple(int(t) for t in tile), int(channels), policy)
+    cache = _FORWARD_BYTES.setdefault(model, {})
+    if key in cache:
+        return cache[key]
+    live, peak = [0], [0]
+
+    def freed(n):
+        live[0] -= n
+
+    def hook(_mod, _inp, out):
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                n = t.untyped_storage().nbytes()
+                live[0] += n
+                peak[0] = max(peak[0], live[0])
+                weakref.finalize(t, freed, n)
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    x = torch.zeros((1, int(channels), *key[0]), device=device_of(model))
+    if policy is not None:
+        x = policy.prepare_input(x)
+    try:
+        with torch.inference_mode(), policy.autocast() if policy is not None else contextlib.nullcontext():
+            logits = model(x)
+        n_out = int(logits.shape[1])
+        del logits
+    finally:
+        for h in handles:
+            h.remove()
+    tile_px = int(np.prod(key[0]))
+    cache[key] = int(1.5 * peak[0]) + 4 * tile_px * (int(channels) + 2 * n_out)
+    return cache[key]
+
+
+def stream_batch(plan: tiling.TilePlan, channels: int, n_classes: int, batch: int, per_tile: int,
+                 budget: float) -> int:
+    """The largest batch (at most ``batch``, at least 1) whose buffers and activations
+    (``per_tile`` bytes each) fit ``budget`` bytes when streaming."""
+    for b in range(batch, 0, -1):
+        if stream_bytes(plan, channels, n_classes, b) + b * per_tile <= budget:
+            return b
+    return 1
 
 
 def binarize(probs: np.ndarray, threshold: float) -> np.ndarray:
@@ -175,7 +252,7 @@ def patch_counts_tiled(pred: np.ndarray, mask: np.ndarray, tile, n_classes: int,
 
 
 class _Outputs:
-    """The four output TIFFs of one image, in memory or as on-disk memmaps (streaming)."""
+    """The tiled outputs of one image: arrays in memory, or files written row by row (streaming)."""
 
     def __init__(self, run_dir: Path, stem: str, spatial, n_classes: int, argmax: bool, streamed: bool,
                  threshold: float):
@@ -183,31 +260,37 @@ class _Outputs:
         self.spatial, self.k, self.argmax, self.streamed, self.thr = tuple(spatial), n_classes, argmax, streamed, threshold
         pshape = self.spatial if argmax else (*self.spatial, n_classes)
         pdtype = np.uint8 if argmax else np.float32
-        self.arrays, self.pending = {}, {}
+        self.arrays, self.sinks = {}, {}
         for f in ("per_image", "per_image_binarized"):
             shape, dtype = (pshape, pdtype) if f == "per_image" else (self.spatial, np.uint8)
             if streamed:
-                self.arrays[f], self.pending[f] = streaming.output_memmap(self.paths[f], shape, dtype)
+                self.sinks[f] = streaming.RowSink(self.paths[f], shape, dtype)
             else:
                 self.arrays[f] = np.empty(shape, dtype)
 
     def write_rows(self, a: int, probs: np.ndarray):
-        self.arrays["per_image"][a:a + len(probs)] = finalize(probs, self.argmax)
-        self.arrays["per_image_binarized"][a:a + len(probs)] = binarize(probs, self.thr)
+        for f, rows in (("per_image", finalize(probs, self.argmax)), ("per_image_binarized", binarize(probs, self.thr))):
+            if self.streamed:
+                self.sinks[f].write(a, rows)
+            else:
+                self.arrays[f][a:a + len(rows)] = rows
 
     def finish_tiled(self):
         for f in ("per_image", "per_image_binarized"):
             if self.streamed:
-                streaming.finish_output(self.arrays[f], self.pending[f])
+                self.sinks[f].commit()
             else:
                 self.paths[f].parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(self.paths[f]) as tmp:
                     tifffile.imwrite(tmp, self.arrays[f], compression="zlib", photometric="minisblack")
-        self.arrays.clear()
+
+    def per_image(self) -> np.ndarray:
+        """The finished ``per_image`` output (read back from its file when streamed)."""
+        return tifffile.memmap(self.paths["per_image"], mode="r") if self.streamed else self.arrays["per_image"]
 
     def abort(self):
-        for pending in self.pending.values():
-            streaming.abort_output(pending)
+        for sink in self.sinks.values():
+            sink.discard()
 
 
 def _write(path: Path, arr: np.ndarray):
@@ -247,9 +330,20 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
     try:
         spatial = src.shape[:-1]
         plan = tiling.plan_tiles(spatial, tile, float(inf["overlap"]), int(inf["padding"]))
-        need = in_memory_bytes(spatial, channels, n_classes, plan)
+        batch = int(inf["batch_size"])
+        per_tile = forward_bytes(model, tile, channels, policy)
+        need = in_memory_bytes(spatial, channels, n_classes, plan) + batch * per_tile
         streamed = need > budget
-        row = {"file": name, "shape": "x".join(map(str, spatial)), "streamed": streamed}
+        if streamed:
+            batch = stream_batch(plan, channels, n_classes, batch, per_tile, budget)
+            if stream_bytes(plan, channels, n_classes, batch) + batch * per_tile > budget:
+                log.warning("%s: one tile needs ~%.0f MB (activations ~%.0f MB), more than "
+                            "inference.memory_budget_mb; raise it or use a smaller data.patch_size", name,
+                            (stream_bytes(plan, channels, n_classes, 1) + per_tile) / 2**20, per_tile / 2**20)
+            elif batch < int(inf["batch_size"]):
+                log.info("%s: %d tiles per forward pass (not inference.batch_size %d): the activations of "
+                         "more do not fit inference.memory_budget_mb", name, batch, int(inf["batch_size"]))
+        row = {"file": name, "shape": "x".join(map(str, spatial)), "streamed": streamed, "batch_size": batch}
         t0 = time.time()
         if not streamed:
             image = normalize(to_channels(src.read(0, spatial[0]), channels, entry["path"]), stats, norm_cfg)
@@ -283,14 +377,13 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
             tiles.update(len(batch))
             return out
         try:
-            tiling.predict_tiled(reader, counted, plan, n_classes, outs.write_rows,
-                                 inf["blending"], int(inf["batch_size"]))
+            tiling.predict_tiled(reader, counted, plan, n_classes, outs.write_rows, inf["blending"], batch)
             tiles.close()
+            outs.finish_tiled()
             if mask is not None and inf["patch_metrics"] == "tiled":
-                ids = outs.arrays["per_image"]
+                ids = outs.per_image()
                 ids = ids if argmax else np.argmax(ids, axis=-1)
                 row["_patches"] = patch_counts_tiled(ids, mask, tile, n_classes, cfg["train"]["ignore_index"])
-            outs.finish_tiled()
         except BaseException:
             outs.abort()
             raise

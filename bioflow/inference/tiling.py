@@ -142,15 +142,16 @@ def predict_tiled(read_rows: Callable[[int, int], np.ndarray],
     w = blending_weights(c, blending)
     inner = [slice(pp, pp + cc) for pp, cc in zip(p, c)]
 
-    # accumulators for extent rows [lo, hi)
-    lo = 0
+    # accumulators for extent rows [lo, lo + used): buffers reused in place (shifted down as rows
+    # are flushed), reallocated only when a tile row needs more rows than they hold
+    lo = used = 0
     acc = np.zeros((0, *rest, n_out), dtype=np.float32)
     wsum = np.zeros((0, *rest), dtype=np.float32)
     steps0 = plan.steps[0]
     others = list(itertools.product(*plan.steps[1:]))
 
     def flush(upto):
-        nonlocal lo, acc, wsum
+        nonlocal lo, used
         upto = min(upto, plan.extent[0])
         if upto <= lo:
             return
@@ -160,8 +161,13 @@ def predict_tiled(read_rows: Callable[[int, int], np.ndarray],
         if b > a:
             crop = (slice(0, b - a),) + tuple(slice(0, n) for n in plan.image_shape[1:])
             write_rows(a, np.ascontiguousarray(out_rows[crop]))
-        acc, wsum = acc[k:], wsum[k:]
-        lo = upto
+        del out_rows
+        keep = used - k
+        acc[:keep] = acc[k:used]  # numpy copies overlapping ranges correctly
+        wsum[:keep] = wsum[k:used]
+        acc[keep:used] = 0
+        wsum[keep:used] = 0
+        used, lo = keep, upto
 
     # Tiles are batched across tile rows (a row of few tiles would leave the batch half empty,
     # and small batches run the model well below its throughput); a tile row's slab is kept
@@ -194,10 +200,12 @@ def predict_tiled(read_rows: Callable[[int, int], np.ndarray],
     for gi, s0 in enumerate(steps0):
         slabs[gi] = read_rows(s0, s0 + t[0])
         left[gi] = len(others)
-        grow = s0 + c[0] - (lo + acc.shape[0])
-        if grow > 0:
-            acc = np.concatenate([acc, np.zeros((grow, *rest, n_out), np.float32)])
-            wsum = np.concatenate([wsum, np.zeros((grow, *rest), np.float32)])
+        need = s0 + c[0] - lo
+        if need > acc.shape[0]:
+            bigger = np.zeros((need, *rest, n_out), np.float32), np.zeros((need, *rest), np.float32)
+            bigger[0][:used], bigger[1][:used] = acc[:used], wsum[:used]
+            acc, wsum = bigger
+        used = max(used, need)
         pending.extend((gi, st) for st in others)
         while len(pending) >= batch_size:
             group, pending = pending[:batch_size], pending[batch_size:]
