@@ -139,17 +139,17 @@ def test_kill9_of_snakemake_unlocks_by_itself_only_once_nothing_of_it_works_ther
                             stderr=subprocess.DEVNULL, start_new_session=True)
     name = cfg["experiment"]["name"]
     last = tmp_path / "results" / name / "checkpoints" / f"{name}_1" / "last.ckpt"
-    deadline = time.time() + 300
+    deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None and not last.is_file():
         time.sleep(0.2)
-    assert proc.poll() is None, "Snakemake ended before it could be killed"
+    assert proc.poll() is None and last.is_file(), "Snakemake ended (or never trained) before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)  # Snakemake alone, no chance to clean up: its training job lives on
     proc.wait(timeout=60)
     assert locks.lock_files(tmp_path)
     owner = json.loads((tmp_path / ".snakemake" / "locks" / locks.OWNER).read_text())
     assert owner["pid"] == proc.pid and owner["executor"] == "local"
     orphans = locks.snakemake_processes(tmp_path)
-    assert orphans and all(".snakemake" in c for c in orphans.values()), orphans
+    assert orphans and proc.pid not in orphans, orphans  # the training job, orphaned
 
     # the orphaned job still trains in the folder: the lock stays and the exact command is printed
     again = snakemake(tmp_path, cfg_file, "--cores", "1", check=False, timeout=300)
