@@ -181,3 +181,16 @@ def scontrol_jobs() -> list[dict]:
                 fields[k] = v
         jobs.append(fields)
     return jobs
+
+
+def rule_of(job: dict) -> tuple[str, str]:
+    """(rule, wildcards) of a SLURM job, from the plugin's `--comment rule_<name>[_wildcards_<values>]`."""
+    m = re.fullmatch(r"rule_(.+?)(?:_wildcards_(.*))?", job.get("Comment", ""))
+    assert m, f"SLURM job {job['JobId']} has no Snakemake rule comment: {job.get('Comment')!r}"
+    return m.group(1), m.group(2) or ""
+
+
+def slurm_jobs_in(workdir: Path, known: set | frozenset = frozenset()) -> list[dict]:
+    """The jobs slurmctld knows that work in ``workdir``, except the ids in ``known``."""
+    here = os.path.realpath(workdir)
+    return [j for j in scontrol_jobs() if j["JobId"] not in known and os.path.realpath(j.get("WorkDir", "")) == here]

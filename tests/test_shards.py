@@ -26,6 +26,10 @@ from helpers_trained import ckpt_of, classification_run, run_dir, segmentation_r
 pytestmark = pytest.mark.slow
 
 
+class Killed(BaseException):
+    """Stands for the job being killed (not an Exception: nothing may catch it)."""
+
+
 def test_parts_are_contiguous_whole_units_covering_everything():
     for n_items, unit, n in ((10, 4, 3), (7, 1, 3), (3, 8, 4), (16, 4, 4)):
         parts = [shards.part(n_items, unit, (k, n)) for k in range(n)]
@@ -98,9 +102,6 @@ def test_a_rerun_shard_skips_the_images_it_finished(segmentation_run, tmp_path, 
 
     kill = [False]
 
-    class Killed(Exception):
-        pass
-
     def counting(entry, *args, **kwargs):
         if kill[0] and len(calls) == 1:
             raise Killed()  # a kill while predicting the shard's second image
@@ -129,20 +130,30 @@ def test_a_rerun_shard_skips_the_images_it_finished(segmentation_run, tmp_path, 
 
 def test_classification_shard_resumes_by_batch(classification_run, tmp_path, monkeypatch):
     cfg = sharded_config(classification_run, tmp_path, 1 + 1)
-    cfg["inference"]["batch_size"] = 1  # batches of 4: shard 0 holds the first batch of 4
+    cfg["inference"]["batch_size"] = 1  # batches of 4: shard 1 holds the second batch of 4
     call(cfg, "validate_test")
     wf = workflows.get("classification")
     shard = wf.job("predict_shard", cfg, 1, 1)
     batches = []
-    real = cls_inference.predict_proba
-    monkeypatch.setattr(cls_inference, "predict_proba", lambda *a, **k: batches.append(1) or real(*a, **k))
-    wf.call("predict_shard", cfg, shard)
-    table = Path(shard.output["csv"]).read_bytes()
-    assert len(batches) == 1 and len(pd.read_csv(shard.output["csv"])) == 4
-    Path(shard.output["csv"]).unlink()
+    real_iter, real_write = cls_inference.iter_proba, shards.write_csv
+
+    def counting(*a, **k):
+        for p in real_iter(*a, **k):
+            batches.append(len(p))
+            yield p
+
+    def killed_before_the_table(*a, **k):
+        raise Killed()  # the shard's batch is recorded, its table not yet written
+    monkeypatch.setattr(cls_inference, "iter_proba", counting)
+    monkeypatch.setattr(shards, "write_csv", killed_before_the_table)
+    with pytest.raises(Killed):
+        wf.call("predict_shard", cfg, shard)
+    assert batches == [4] and not Path(shard.output["csv"]).exists()
+    monkeypatch.setattr(shards, "write_csv", real_write)
     batches.clear()
     wf.call("predict_shard", cfg, shard)  # the batch's record stands: nothing to predict again
-    assert batches == [] and Path(shard.output["csv"]).read_bytes() == table
+    assert batches == [] and len(pd.read_csv(shard.output["csv"])) == 4
+    assert not (Path(shard.output["csv"]).with_suffix("") / ".predict_done").exists()  # removed when complete
 
 
 def test_the_dag_scatters_and_gathers(classification_run, tmp_path):

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers_snakemake import (SLURM_PROFILE, SLURM_TEST_ARGS, job_counts, local_demo_run, scontrol_jobs,
+from helpers_snakemake import (SLURM_PROFILE, SLURM_TEST_ARGS, job_counts, local_demo_run, rule_of, scontrol_jobs,
                                slurm_cluster_fixture, snakemake, tiny_demo_config)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -34,13 +34,6 @@ GPU_RULES = {"train", "predict"}
 @pytest.fixture(scope="module")
 def cluster():
     yield from slurm_cluster_fixture()
-
-
-def _rule_of(job: dict) -> tuple[str, str]:
-    """(rule, wildcards) from the plugin's `--comment rule_<name>[_wildcards_<values>]`."""
-    m = re.fullmatch(r"rule_(.+?)(?:_wildcards_(.*))?", job.get("Comment", ""))
-    assert m, f"SLURM job {job['JobId']} has no Snakemake rule comment: {job.get('Comment')!r}"
-    return m.group(1), m.group(2) or ""
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +54,14 @@ def slurm_run(cluster, tmp_path_factory):
 
 def test_jobs_went_through_sbatch(slurm_run):
     jobs = slurm_run["jobs"]
-    submitted = Counter(_rule_of(j)[0] for j in jobs)
+    submitted = Counter(rule_of(j)[0] for j in jobs)
     # every heavy stage was a SLURM job, one per run_id; the tiny ones stayed on the submit host
     # (the classification ensemble averages two tables on the submit host; its metrics are a job)
     assert submitted == Counter({"train": 2, "predict": 2, "metrics": 3}), slurm_run["output"][-3000:]
     assert not LOCAL_RULES & set(submitted)
     for j in jobs:
         assert j["JobState"] == "COMPLETED" and j["ExitCode"] == "0:0", j
-    assert sorted(_rule_of(j)[1] for j in jobs if _rule_of(j)[0] == "train") == ["1", "2"]
+    assert sorted(rule_of(j)[1] for j in jobs if rule_of(j)[0] == "train") == ["1", "2"]
     # Snakemake ran the same DAG as locally
     assert job_counts(slurm_run["output"]) == job_counts(slurm_run["local"]["output"])
 
@@ -83,7 +76,7 @@ def _minutes(limit: str) -> int:
 def test_gpu_stages_asked_for_a_gpu_on_the_gpu_partition(slurm_run):
     profile = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
     for j in slurm_run["jobs"]:
-        rule, _ = _rule_of(j)
+        rule, _ = rule_of(j)
         gres = j.get("TresPerJob", "") + " " + j.get("TresPerNode", "")
         if rule in GPU_RULES:
             want = profile["set-resources"][rule]
@@ -100,7 +93,7 @@ def test_gpu_stages_asked_for_a_gpu_on_the_gpu_partition(slurm_run):
 
 
 def test_run_ids_trained_in_parallel(slurm_run):
-    trains = [j for j in slurm_run["jobs"] if _rule_of(j)[0] == "train"]
+    trains = [j for j in slurm_run["jobs"] if rule_of(j)[0] == "train"]
     spans = [(datetime.fromisoformat(j["StartTime"]), datetime.fromisoformat(j["EndTime"])) for j in trains]
     (s1, e1), (s2, e2) = spans
     assert max(s1, s2) < min(e1, e2), f"train jobs did not overlap: {spans}"
@@ -138,5 +131,5 @@ def test_the_bare_profile_name_submits_once_installed(slurm_run, tmp_path):
               env=clean_env(XDG_CONFIG_HOME=xdg))
     here = os.path.realpath(workdir)
     jobs = [j for j in scontrol_jobs() if j["JobId"] not in known and os.path.realpath(j.get("WorkDir", "")) == here]
-    assert Counter(_rule_of(j)[0] for j in jobs) == {"metrics": 3}
+    assert Counter(rule_of(j)[0] for j in jobs) == {"metrics": 3}
     assert {j["Partition"] for j in jobs} == {"cpu"}

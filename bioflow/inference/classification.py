@@ -32,7 +32,7 @@ from bioflow.data.loader import loader_kwargs
 from bioflow.data.manifest import load_manifest
 from bioflow import progress
 from bioflow.errors import BioflowError
-from bioflow.inference import shards
+from bioflow.inference import resume, shards
 from bioflow.metrics import thresholds
 from bioflow.models import precision
 from bioflow.models.checkpoint import load_model_from_checkpoint
@@ -41,13 +41,13 @@ log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def predict_proba(model, loader, device, multilabel: bool = False, tta: dict | None = None,
-                  policy: precision.Policy | None = None) -> np.ndarray:
-    """Probabilities ``(N, C)`` for every item of ``loader`` (softmax, or sigmoid for multi-label);
-    ``tta``: :func:`~bioflow.data.augment.tta_flags` of the training augmentation to average
-    over those transforms, None for none; ``policy``: precision and memory format (None: fp32)."""
+def iter_proba(model, loader, device, multilabel: bool = False, tta: dict | None = None,
+               policy: precision.Policy | None = None):
+    """Probabilities ``(B, C)`` of each batch of ``loader``, batch by batch (softmax, or sigmoid
+    for multi-label); ``tta``: :func:`~bioflow.data.augment.tta_flags` of the training
+    augmentation to average over those transforms, None for none; ``policy``: precision and
+    memory format (None: fp32)."""
     act = torch.sigmoid if multilabel else (lambda t: torch.softmax(t, 1))
-    out = []
     model.eval().to(device)
     if policy is not None:
         policy.prepare_model(model)
@@ -64,9 +64,15 @@ def predict_proba(model, loader, device, multilabel: bool = False, tta: dict | N
                 logits = model(t) if meta is None else model(t, meta)
             return act(logits.float())
 
-        out.append(predict_tta(probs, x, tta, dense=False).cpu().numpy())
+        yield predict_tta(probs, x, tta, dense=False).cpu().numpy()
         prog.update(len(x))
     prog.close()
+
+
+def predict_proba(model, loader, device, multilabel: bool = False, tta: dict | None = None,
+                  policy: precision.Policy | None = None) -> np.ndarray:
+    """Probabilities ``(N, C)`` for every item of ``loader`` (see :func:`iter_proba`)."""
+    out = list(iter_proba(model, loader, device, multilabel, tta, policy))
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
@@ -82,7 +88,8 @@ def _display_name(entry: dict, test_root: str | None) -> str:
 
 def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[int, int] | None = None) -> Path:
     """``run_dir/predictions.csv`` for the test images; ``shard=(k, n)``: only the k-th of n
-    parts (whole prediction batches), resuming after the batches a killed run finished."""
+    parts (whole prediction batches). A rerun after a kill predicts only the batches the killed
+    run had not finished."""
     model, hp = load_model_from_checkpoint(ckpt_path)
     manifest = load_manifest(manifest_path)
     stats = hp["normalization"]  # the training statistics travel with the model
@@ -112,26 +119,35 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[i
     flags = tta_flags(hp["cfg"]["train"]["augmentation"]) if inf["tta"] else None
     test_root = (manifest.get("data_paths") or {}).get("test")
 
-    def rows_of(items, dataset) -> list[dict]:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False,
-                                             **loader_kwargs(cfg["train"]["num_workers"]))
-        probs = predict_proba(model, loader, torch.device(policy.device), multilabel, flags, policy)
-        return [{**_row(e, p, names, multilabel, test_root, inf, thr), "precision": policy.precision}
-                for e, p in zip(items, probs)]
-
+    # Batch by batch, each recorded once its rows are known, so a rerun after a kill predicts
+    # only the batches without a record (bioflow.inference.resume). The loader runs over the
+    # unrecorded batches only; they are whole batches, so every batch holds the same images as
+    # in an uninterrupted run and the probabilities are identical.
     run_dir = Path(run_dir)
-    if shard is None:
-        rows = rows_of(entries, ds)
-    else:  # batch by batch, each recorded once done, so a rerun after a kill resumes
-        records, rows = shards.Records(run_dir), []
-        for i in range(0, len(entries), batch):
-            done = records.get(i)
-            if done is None:
-                done = rows_of(entries[i:i + batch], torch.utils.data.Subset(ds, range(i, min(i + batch, len(ds)))))
-                records.put(i, done)
-            rows += done
+    done = resume.Done(run_dir, ckpt_path, {"inference": inf})
+    starts = range(0, len(entries), batch)
+    rows_at: dict[int, list[dict]] = {}
+    for i in starts:
+        rec = done.get(f"batch_{i:08d}")
+        if rec is not None and rec["paths"] == [e["path"] for e in entries[i:i + batch]]:
+            rows_at[i] = rec["rows"]
+    if rows_at:
+        log.info("predict run %s: %d of %d batches finished by an earlier, interrupted run; not "
+                 "predicted again", run_id, len(rows_at), len(starts))
+    todo = [i for i in starts if i not in rows_at]
+    items = [k for i in todo for k in range(i, min(i + batch, len(entries)))]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, items), batch_size=batch, shuffle=False,
+                                         **loader_kwargs(cfg["train"]["num_workers"]))
+    probs = iter_proba(model, loader, torch.device(policy.device), multilabel, flags, policy)
+    for i, p in zip(todo, probs):
+        part = entries[i:i + batch]
+        rows_at[i] = [{**_row(e, q, names, multilabel, test_root, inf, thr), "precision": policy.precision}
+                      for e, q in zip(part, p)]
+        done.put(f"batch_{i:08d}", {"paths": [e["path"] for e in part], "rows": rows_at[i]})
+    rows = [r for i in starts for r in rows_at[i]]
     out = run_dir / "predictions.csv"
     shards.write_csv(rows, out, float_format="%.6g")
+    done.clear()
     log.info("predict run %s: %d test images -> %s (tta %s, threshold %s)", run_id, len(rows), out, inf["tta"],
              "argmax" if thr is None else f"{thr['method']} {thr['threshold']}")
     return out

@@ -27,17 +27,14 @@ is the same, so the result equals the in-memory one (bitwise where the batch is 
 at bf16, where a smaller batch computes the same values). Needs only the checkpoint (which
 carries the normalization statistics).
 
-A killed prediction does not redo finished images: each finished image's files are hard-linked
-into ``run_dir/.predict_done/<key>/`` with its CSV row written last (the marker), and a rerun
-with the same checkpoint and settings (``<key>``) takes them from there. Snakemake deletes the
-declared output folders of an unfinished job, not this hidden one; it is removed at the end.
+A killed prediction does not redo finished images (:mod:`bioflow.inference.resume`): each
+finished image's files are hard-linked into ``run_dir/.predict_done/<key>/`` with its CSV row
+written last (the record), and a rerun with the same checkpoint and settings takes them from there.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -56,8 +53,8 @@ from bioflow.data.segmentation import check_mask, read_mask, to_channels
 from bioflow import progress
 from bioflow.errors import BioflowError
 from bioflow.geometry import pad_indices, pad_min
-from bioflow.inference import shards, streaming, tiling
-from bioflow.io import atomic_path, read_json, write_json
+from bioflow.inference import resume, shards, streaming, tiling
+from bioflow.io import atomic_path, write_json
 from bioflow.metrics.segmentation import confusion_counts
 from bioflow.models import precision
 from bioflow.models.checkpoint import load_model_from_checkpoint
@@ -461,7 +458,9 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[i
     rows, patches = [], []
     t0 = time.time()
     # one resume mechanism for a whole run and for a shard (run_dir = the shard's working folder)
-    done = _done_dir(run_dir, ckpt_path, cfg)
+    done = resume.Done(run_dir, ckpt_path, {
+        "inference": cfg["inference"], "patch_size": cfg["data"]["patch_size"],
+        "labels": cfg["data"]["test_has_labels"], "ignore_index": cfg["train"]["ignore_index"]})
     mine = test[shards.part(len(test), 1, shard)]
     prog = progress.Progress("predict", len(mine), "images")
     for e in mine:
@@ -485,37 +484,19 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[i
                                                       "source": cfg["inference"]["patch_metrics"]})
     elif (run_dir / "patch_metrics.json").exists():  # stale, from a run with labels
         (run_dir / "patch_metrics.json").unlink()
-    shutil.rmtree(done.parent, ignore_errors=True)
+    done.clear()
     log.info("predict: %d images in %.1fs -> %s", len(rows), time.time() - t0, run_dir)
     return run_dir / "predictions.csv"
 
 
 # --- finished images of a killed run ---------------------------------------------------------
 
-def _done_dir(run_dir: Path, ckpt_path, cfg: dict) -> Path:
-    """``run_dir/.predict_done/<key>``: key = the checkpoint file and every setting that changes
-    an image's outputs, so a rerun with other settings predicts afresh."""
-    paths = ckpt_path if isinstance(ckpt_path, (list, tuple)) else [ckpt_path]
-    stats = [os.stat(p) for p in paths]
-    ckpts = [[os.path.abspath(p), st.st_size, st.st_mtime_ns] for p, st in zip(paths, stats)]
-    what = {"ckpt": ckpts[0] if len(ckpts) == 1 else ckpts, "inference": cfg["inference"],
-            "patch_size": cfg["data"]["patch_size"], "labels": cfg["data"]["test_has_labels"],
-            "ignore_index": cfg["train"]["ignore_index"]}
-    key = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return run_dir / ".predict_done" / key
-
-
-def _marker(done: Path, entry: dict) -> Path:
-    return done / (hashlib.sha1(entry["path"].encode()).hexdigest()[:16] + ".json")
-
-
-def _finished(done: Path, entry: dict, run_dir: Path) -> dict | None:
+def _finished(done: resume.Done, entry: dict, run_dir: Path) -> dict | None:
     """The CSV row of an image a killed run finished (its files put back), else None."""
-    marker = _marker(done, entry)
-    if not marker.is_file():
+    row = done.get(done.name_of(entry["path"]))
+    if row is None:
         return None
-    row = read_json(marker)
-    files = [(done / f / Path(row[f]).name, Path(row[f])) for f in FOLDERS if row.get(f)]
+    files = [(done.dir / f / Path(row[f]).name, Path(row[f])) for f in FOLDERS if row.get(f)]
     if not all(src.is_file() for src, _ in files):
         return None
     for src, dst in files:
@@ -524,11 +505,11 @@ def _finished(done: Path, entry: dict, run_dir: Path) -> dict | None:
     return row
 
 
-def _mark_finished(done: Path, entry: dict, row: dict, run_dir: Path) -> None:
+def _mark_finished(done: resume.Done, entry: dict, row: dict, run_dir: Path) -> None:
     for f in FOLDERS:
         if row.get(f):
-            _link(Path(row[f]), done / f / Path(row[f]).name)
-    write_json(_marker(done, entry), row)  # last: the files above are complete
+            _link(Path(row[f]), done.dir / f / Path(row[f]).name)
+    done.put(done.name_of(entry["path"]), row)  # last: the files above are complete
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -3,9 +3,9 @@
 Each ``predict_shard`` job predicts a contiguous part of the test images into its own working
 folder ``<run>/predict_shards/shard_<k>/`` (the per-image folders and a ``predictions.csv``)
 and declares only ``shard_<k>.csv`` beside it, written last. The folder itself is not a
-declared output, so a killed shard keeps it: every unit of work (an image, or a classification
-batch) leaves a record in ``records/`` once its outputs are complete, and the rerun skips the
-units that have one. The ``predict`` job then gathers the shards into the usual outputs
+declared output, so a killed shard keeps it, with the records of the units it finished
+(:mod:`bioflow.inference.resume`, the mechanism of an unsharded prediction): the rerun predicts
+only the rest. The ``predict`` job then gathers the shards into the usual outputs
 (predictions.csv, per-image folders as hard links, patch_metrics.json), in manifest order.
 
 Shards cut the test set at multiples of the prediction batch (classification), so every batch
@@ -34,25 +34,6 @@ def part(n_items: int, unit: int, shard: tuple[int, int] | None) -> slice:
     units = -(-n_items // unit)
     a, b = k * units // n, (k + 1) * units // n
     return slice(min(a * unit, n_items), min(b * unit, n_items))
-
-
-class Records:
-    """Finished units of a shard: ``records/<index>.json`` each, written atomically after the
-    unit's outputs, so one that exists stands for complete outputs."""
-
-    def __init__(self, shard_dir):
-        self.dir = Path(shard_dir) / "records"
-
-    def _path(self, index: int) -> Path:
-        return self.dir / f"{index:08d}.json"
-
-    def get(self, index: int):
-        p = self._path(index)
-        return json.loads(p.read_text()) if p.is_file() else None
-
-    def put(self, index: int, value) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_json(self._path(index), value)
 
 
 def write_csv(rows: list[dict], path, **to_csv) -> None:

@@ -21,7 +21,7 @@ from bioflow.workflows.classification import Classification
 from bioflow.workflows.patch_classification import PatchClassification
 from bioflow.workflows.segmentation import SemanticSegmentation
 
-__all__ = ["Workflow", "stage", "register", "get", "names", "validate_config", "load", "run_stage", "stale_lock_hint"]
+__all__ = ["Workflow", "stage", "register", "get", "names", "validate_config", "load", "run_stage"]
 
 log = logging.getLogger("bioflow")
 
@@ -128,25 +128,3 @@ def run_stage(snakemake, stage_name: str) -> None:
         log.error("%s", exc)
         sys.stderr.write(f"bioflow: error: {exc}\n")
         sys.exit(1)
-
-
-def stale_lock_hint(workdir, snakefile, configfiles=()) -> str | None:
-    """The exact unlock command when ``workdir`` holds a Snakemake lock, else None.
-
-    A Snakemake killed with ``kill -9`` (or on a lost node) leaves its lock, and the next run
-    stops with a generic "cannot be locked" message. Unlocking is only safe when no other
-    Snakemake runs there, which a login node cannot see for other nodes: so it is the user's
-    call, with the command spelled out.
-    """
-    import shlex
-    from pathlib import Path
-
-    locks = Path(workdir) / ".snakemake" / "locks"
-    if not locks.is_dir() or not any(locks.iterdir()):
-        return None
-    cmd = ["snakemake", "--unlock", "-s", str(snakefile), "-d", str(workdir)]
-    for c in configfiles:
-        cmd += ["--configfile", str(c)]
-    return (f"bioflow: {locks} holds a lock. If no other Snakemake is running in this folder (an "
-            f"earlier run was killed), remove it with: {shlex.join(cmd)}  then run your command again; "
-            f"unfinished jobs are redone and training resumes from its last epoch")

@@ -5,7 +5,7 @@ import os
 import sys
 
 import bioflow
-from bioflow import workflows
+from bioflow import locks, workflows
 from bioflow.errors import BioflowError
 from bioflow.layout import ENSEMBLE, Layout
 
@@ -16,12 +16,19 @@ except BioflowError as exc:
     # One line naming the key; no traceback needed.
     raise WorkflowError(f"bioflow: {exc}") from None
 
-# A lock left by a killed Snakemake: say exactly how to remove it (only the main process; jobs
-# re-read this file on cluster nodes while the main process legitimately holds the lock).
+# A lock left by a killed Snakemake: removed here when nothing of that run works in this folder
+# any more, else the exact unlock command (bioflow.locks). Only the main process: jobs re-read
+# this file on cluster nodes while the main process legitimately holds the lock.
 if workflow.is_main_process:
-    _hint = workflows.stale_lock_hint(os.getcwd(), workflow.main_snakefile, workflow.overwrite_configfiles or ())
-    if _hint:
-        print(_hint, file=sys.stderr)
+    _msg = locks.check(os.getcwd(), workflow.main_snakefile, workflow.overwrite_configfiles or ())
+    if _msg:
+        print(_msg, file=sys.stderr)
+
+
+onstart:
+    # the lock is ours now: record who holds it, for the check above after a kill
+    if workflow.is_main_process:
+        locks.record_owner(os.getcwd(), workflow.executor_plugin.cli_prefix)
 
 L = Layout.of(config)
 EXP = config["experiment"]["name"]
