@@ -52,7 +52,9 @@ def test_template_dry_runs(template, tmp_path):
     if cfg["experiment"]["workflow"] == "patch_classification":
         assert "patch_dataset" in jobs
     else:
-        assert jobs["train"] == 2 and jobs["predict"] == 2 and jobs["metrics"] == 2 and jobs["report"] == 1
+        # two runs and their ensemble, evaluated as a third
+        assert jobs["train"] == 2 and jobs["predict"] == 2 and jobs["ensemble"] == 1 and jobs["metrics"] == 3
+        assert jobs["report"] == 1
     if cfg["experiment"]["workflow"] == "semantic_segmentation":
         assert ("postprocess" in jobs) == bool(cfg["postprocess"]["z_filter"] or cfg["postprocess"]["yz_filter"])
 

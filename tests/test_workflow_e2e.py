@@ -262,18 +262,27 @@ def test_cross_validation_folds_ensembled_from_averaged_probabilities(tmp_path):
 def test_segmentation_ensemble_averages_the_runs_probability_maps_while_streaming(tmp_path):
     """Two 2D runs (2 cross-validation folds) predicting probability maps through the streaming
     path (a tiny memory budget); the ensemble's map is the mean of theirs, pixel by pixel."""
+    import shutil
+
     import tifffile
 
-    cfg = _semseg_cfg("semseg_2d.yaml", DEMO / "dsb2018", tmp_path, patch_size=[64, 64], cv_folds=2)
+    data = tmp_path / "data"  # two of the four test images: the ensemble predicts them again
+    shutil.copytree(DEMO / "dsb2018" / "train", data / "train")
+    for sub in ("x", "y"):
+        (data / "test" / sub).mkdir(parents=True)
+        for f in sorted((DEMO / "dsb2018" / "test" / sub).iterdir())[:2]:
+            shutil.copy(f, data / "test" / sub / f.name)
+    cfg = _semseg_cfg("semseg_2d.yaml", data, tmp_path, patch_size=[128, 128], cv_folds=2)
     del cfg["experiment"]["run_ids"]
     cfg["train"].update(epochs=1, patience=1, steps_per_epoch=2, batch_size=4, n_sample_images=0,
                         max_time_minutes=None)
-    cfg["inference"].update(argmax=False, precision="32", memory_budget_mb=0.01, patch_metrics="off")
+    cfg["inference"].update(argmax=False, precision="32", memory_budget_mb=0.01, patch_metrics="off",
+                            overlap=0.0, padding=8)
     run_snakemake(cfg, tmp_path)
     res = tmp_path / "results" / "my_semseg_2d" / "results"
     ens = res / "my_semseg_2d_ensemble"
     preds = read_csv(ens / "predictions.csv")
-    assert len(preds) == 4 and all(r["streamed"] == "True" for r in preds)
+    assert len(preds) == 2 and all(r["streamed"] == "True" for r in preds)
     for f in sorted((ens / "per_image").glob("*.tif")):
         maps = [tifffile.imread(res / f"my_semseg_2d_{r}" / "per_image" / f.name) for r in (1, 2)]
         got = tifffile.imread(f)
