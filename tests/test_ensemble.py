@@ -84,6 +84,25 @@ def test_average_predictions_means_the_runs_probabilities_per_file(tmp_path):
     assert (out["n_models"] == 2).all() and "precision" not in out
 
 
+def test_the_ensemble_does_not_inherit_a_runs_thresholded_decision(tmp_path):
+    """Each run's threshold was chosen on its own validation predictions; the ensemble's table
+    must not carry run 1's thresholded columns (metrics would report them as the ensemble's)."""
+    paths = []
+    for i, probs in enumerate(([[0.9, 0.1], [0.35, 0.65]], [[0.7, 0.3], [0.45, 0.55]])):
+        p = _predictions(tmp_path / f"{i}.csv", ["x.png", "y.png"], probs)
+        df = pd.read_csv(p)
+        df["pred_class_thresholded"], df["threshold"], df["threshold_method"] = ["b", "b"], 0.05, "youden"
+        df.to_csv(p, index=False)
+        paths.append(p)
+    manifest = tmp_path / "manifest_test.json"
+    manifest.write_text(json.dumps({"workflow": "classification", "ndim": 2, "channels": 1,
+                                    "classes": ["a", "b"], "splits": {"test": []}}))
+    cfg = {"model": {"multilabel": False}, "inference": {"binarize_threshold": 0.5}}
+    out = pd.read_csv(average_predictions(cfg, paths, manifest, tmp_path / "ens"))
+    assert not [c for c in out if c.startswith(("pred_class_thresholded", "threshold"))]
+    assert list(out["pred_class"]) == ["a", "b"]
+
+
 def test_average_refuses_runs_that_predicted_other_images(tmp_path):
     a = pd.DataFrame({"file": ["x", "y"], "prob_a": [0.5, 0.5]})
     b = pd.DataFrame({"file": ["x", "w"], "prob_a": [0.5, 0.5]})

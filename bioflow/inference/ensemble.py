@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 # per-run bookkeeping columns of predictions.csv that do not describe the ensemble
 RUN_COLUMNS = ("precision",)
+THRESHOLD_COLUMNS = ("pred_class_thresholded", "pred_thresholded_", "threshold")
 
 
 def _read(path) -> pd.DataFrame:
@@ -58,7 +59,10 @@ def average_predictions(cfg: dict, prediction_csvs, manifest_path, run_dir) -> P
     multilabel = bool(manifest.get("multilabel") or cfg["model"]["multilabel"])
     paths = [str(p) for p in prediction_csvs]
     first, probs = average_probabilities([_read(p) for p in paths], names, paths)
-    out = first.drop(columns=[c for c in RUN_COLUMNS if c in first]).copy()
+    # a run's own columns: bookkeeping, and its thresholded decision (its threshold was chosen on
+    # that run's validation predictions, not the ensemble's: the ensemble decides by argmax)
+    own = [c for c in first if c in RUN_COLUMNS or c.startswith(THRESHOLD_COLUMNS)]
+    out = first.drop(columns=own).copy()
     for j, c in enumerate(names):
         out[f"prob_{c}"] = probs[:, j]
     if multilabel:
