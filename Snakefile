@@ -8,8 +8,9 @@ min_version("8.20")
 
 
 # The demo is the default only when no --configfile is given: Snakemake would otherwise
-# merge the demo's keys into the user's experiment.
-if not config:
+# merge the demo's keys into the user's experiment. (`--config key=value` alone overrides
+# the demo's keys: `if not config` would drop the demo there and fail on missing sections.)
+if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
 

@@ -39,6 +39,17 @@ def test_demo_dry_run_has_every_stage(tmp_path):
     assert {"csv_to_folders", "validate_train", "validate_test", "norm_stats", "train", "predict", "metrics", "report"} <= set(jobs)
 
 
+def test_command_line_overrides_alone_keep_the_demo_config(tmp_path):
+    """`snakemake -n --config 'inference={"tta": true}'` in a checkout: the demo stays the config
+    and the override goes on top (the default was dropped as soon as --config gave any key)."""
+    import shutil
+    for name in ("config", "demo_data"):  # a fresh checkout's demo inputs, not the repository's results
+        shutil.copytree(ROOT / name, tmp_path / name)
+    res = snakemake("-n", "--config", 'inference={"tta": true}', "--directory", str(tmp_path), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert {"train", "predict", "report"} <= set(jobs_of(res.stdout))
+
+
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.stem)
 def test_template_dry_runs(template, tmp_path):
     cfg = yaml.safe_load(template.read_text())
