@@ -28,7 +28,8 @@ class Done:
     def __init__(self, run_dir, ckpt_path, settings: dict):
         """``ckpt_path``: one checkpoint, or a list of them (an ensemble's models)."""
         paths = list(ckpt_path) if isinstance(ckpt_path, (list, tuple)) else [ckpt_path]
-        ckpts = [[os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]
+        stats = [(p, os.stat(p)) for p in paths]
+        ckpts = [[os.path.abspath(p), st.st_size, st.st_mtime_ns] for p, st in stats]
         what = {"ckpt": ckpts[0] if len(ckpts) == 1 else ckpts, **settings}
         key = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.dir = Path(run_dir) / FOLDER / key
