@@ -233,3 +233,50 @@ def test_precision_policy_progress_lines_and_data_wait_in_summary(tmp_path, capl
     assert sum(" done " in m for m in lines) == 2  # one line per validated epoch, with val_acc
     assert any("val_acc" in m for m in lines if " done " in m)
     assert any("precision " + prec in m for m in lines)
+
+
+class _SwallowedCtrlC:
+    """Sends SIGINT to this process from inside a finalizer: Python prints the KeyboardInterrupt
+    raised there and swallows it, as happens when Ctrl-C lands while a ``__del__`` runs."""
+
+    def __del__(self):
+        import os
+        import signal
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10000):  # the handler runs between these bytecodes, inside __del__
+            pass
+
+
+class _CtrlCInFinalizer(pl.Callback):
+    def on_train_batch_end(self, trainer, *args, **kwargs):
+        if trainer.current_epoch == 1 and trainer.global_step % 4 == 1:
+            obj = _SwallowedCtrlC()
+            del obj
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_fit_stops_and_writes_no_summary(tmp_path, monkeypatch, signame):
+    """Ctrl-C swallowed by a finalizer, or SIGTERM (scancel, Snakemake): training still stops
+    at the next batch, and no train_summary.json claims a finished run."""
+    import os
+    import signal
+
+    class Send(pl.Callback):
+        def on_train_batch_end(self, trainer, *args, **kwargs):
+            if trainer.current_epoch == 1 and signame == "SIGTERM":
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    extra = _CtrlCInFinalizer() if signame == "SIGINT" else Send()
+    real_trainer = pl.Trainer
+
+    def trainer(*args, callbacks=(), **kwargs):
+        return real_trainer(*args, callbacks=[*callbacks, extra], **kwargs)
+
+    monkeypatch.setattr(engine.pl, "Trainer", trainer)
+    cfg = _cfg(tmp_path, epochs=50)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        _run(tmp_path, cfg)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # restored
+    assert not (tmp_path / "toy" / "results" / "toy_1" / "train_summary.json").exists()
+    assert (tmp_path / "toy" / "checkpoints" / "toy_1" / "last.ckpt").is_file()  # resumable

@@ -25,6 +25,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -382,6 +384,53 @@ class ConfiguredEarlyStopping(EarlyStopping):
         self.patience = patience
 
 
+class InterruptGuard(pl.Callback):
+    """Ctrl-C (SIGINT) and SIGTERM stop training for certain, and no summary is written after them.
+
+    Python raises KeyboardInterrupt wherever the main thread happens to be, and one raised inside
+    a finalizer (``__del__``, a weakref callback) is printed and swallowed: training then went on
+    and, once it ended, wrote ``train_summary.json`` as if it had completed (seen once in a full
+    test run). The handler records the signal; the next batch boundary re-raises it, and
+    :func:`fit` refuses to write the summary of an interrupted run. SIGTERM is what Snakemake and
+    ``scancel`` send; it is turned into the same KeyboardInterrupt so Lightning shuts down cleanly.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def _handler(self, signum, frame):
+        self.received = signum
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
+        self._previous.clear()
+        return False
+
+    def _check(self):
+        if self.received is not None:
+            raise KeyboardInterrupt(f"signal {self.received}")
+
+    def on_train_batch_end(self, *args, **kwargs):
+        self._check()
+
+    def on_validation_batch_end(self, *args, **kwargs):
+        self._check()
+
+    def on_train_epoch_end(self, *args, **kwargs):
+        self._check()
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written beside their target and renamed into place. Lightning's own save
     goes through a file in the system temp folder moved with shutil.move, i.e. a copy when the
@@ -502,7 +551,8 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     last_cb = ModelCheckpoint(dirpath=work, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                               enable_version_counter=False)
     prog_cb = ProgressLog(monitor, progress.INTERVAL_S)
-    callbacks = [ckpt_cb, last_cb, LearningRateMonitor(logging_interval="epoch"), prog_cb]
+    guard = InterruptGuard()
+    callbacks = [ckpt_cb, last_cb, LearningRateMonitor(logging_interval="epoch"), prog_cb, guard]
     es = None
     if int(tc["patience"]) > 0:
         es = ConfiguredEarlyStopping(monitor=monitor, mode=mode, patience=int(tc["patience"]))
@@ -533,8 +583,12 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
         plugins=plugins)
     t0 = time.time()
     # our own last.ckpt holds tensors and plain data: no pickle needed to resume either
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    with guard:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     wall = time.time() - t0
+    if guard.received is not None or trainer.interrupted:
+        # never a summary (the stage's declared output) for a run that did not finish
+        raise KeyboardInterrupt(f"training interrupted (signal {guard.received}); rerun to resume")
 
     if not trainer.is_global_zero:
         return {}
