@@ -204,6 +204,10 @@ class Train(_Section):
     focal_gamma: Num(ge=0) = 2.0
     monitor: str | None = Field(
         None, description="validation metric for best checkpoint / early stopping (default: per workflow)")
+    monitor_ema: Num(ge=0, lt=1) = Field(
+        0.0, description="early stopping and the best checkpoint follow an exponential moving average of the "
+                         "monitored metric over epochs, ema = a * ema + (1 - a) * value (0: the raw metric); "
+                         "steadies both on a small validation set")
     max_time_minutes: Num(gt=0) | None = Field(None, description="stop training after this wall time")
     steps_per_epoch: Int(ge=1) | None = None
     num_workers: Literal["auto"] | Int(ge=0) = Field(

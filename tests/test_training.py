@@ -280,3 +280,23 @@ def test_an_interrupted_fit_stops_and_writes_no_summary(tmp_path, monkeypatch, s
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # restored
     assert not (tmp_path / "toy" / "results" / "toy_1" / "train_summary.json").exists()
     assert (tmp_path / "toy" / "checkpoints" / "toy_1" / "last.ckpt").is_file()  # resumable
+
+
+def test_monitor_ema_steers_early_stopping_and_the_best_checkpoint(tmp_path):
+    """train.monitor_ema: the logged val_acc_ema is the exponential average of val_acc, and it
+    (not the raw metric) is what the summary's best score and the kept checkpoint follow. A run
+    resumed after epoch 2 continues the same average."""
+    import pandas as pd
+    a = 0.6
+    _run(tmp_path, _cfg(tmp_path, epochs=2, monitor_ema=a))
+    s = _run(tmp_path, _cfg(tmp_path, epochs=4, monitor_ema=a))
+    assert s["monitor"] == "val_acc_ema" and s["resumed"] and s["start_epoch"] == 2
+    log = pd.read_csv(tmp_path / "toy" / "results" / "toy_1" / "train_logs" / "metrics.csv")
+    raw = log.dropna(subset=["val_acc"]).groupby("epoch")["val_acc"].last().to_numpy()
+    ema = log.dropna(subset=["val_acc_ema"]).groupby("epoch")["val_acc_ema"].last().to_numpy()
+    expected = [raw[0]]
+    for x in raw[1:]:
+        expected.append(a * expected[-1] + (1 - a) * x)
+    np.testing.assert_allclose(ema, expected, rtol=1e-6)
+    assert s["best_score"] == pytest.approx(max(expected), rel=1e-6)
+    assert s["best_epoch"] == int(np.argmax(expected))
