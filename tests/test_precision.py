@@ -54,6 +54,8 @@ def test_channels_last_model_and_input(ndim, channels):
     assert model[0].weight.is_contiguous(memory_format=fmt)
     xi = p.prepare_input(x)
     assert xi.is_contiguous(memory_format=fmt)
+    # the convolution reads it as channels-last, one channel included (its output says so)
+    assert model[0](xi).is_contiguous(memory_format=fmt)
     torch.testing.assert_close(model(xi), ref, rtol=1e-4, atol=1e-5)
     assert p.prepare_input(torch.randn(2, 3)).shape == (2, 3)  # non-image input untouched
 

