@@ -76,3 +76,25 @@ def test_rows_written_once_in_order():
     assert starts == sorted(starts) and starts[0] == 0
     assert sum(n for _, n in seen) == 50
     assert all(a + n == b for (a, n), (b, _) in zip(seen, seen[1:]))
+
+
+@pytest.mark.parametrize("n, batch, expected", [(25, 8, [7, 6, 6, 6]), (16, 8, [8, 8]), (3, 8, [3]),
+                                                 (18, 2, [2] * 9), (0, 4, [])])
+def test_batch_sizes_split_evenly_without_more_passes(n, batch, expected):
+    assert tiling.batch_sizes(n, batch) == expected
+
+
+def test_tiled_prediction_runs_the_even_batches_and_reconstructs():
+    """A 1024^2-like grid of 25 tiles at batch 8: passes of 7, 6, 6, 6 (not 8, 8, 8, 1), same output."""
+    img = np.random.default_rng(0).normal(size=(112, 112, 1)).astype(np.float32)
+    plan = tiling.plan_tiles(img.shape[:-1], (32, 32), 0.25, 0)
+    assert len(plan) == 25
+    passes = []
+
+    def fn(batch):
+        passes.append(len(batch))
+        return batch
+
+    out = tiling.predict_tiled_array(img, fn, plan, 1, batch_size=8)
+    assert passes == [7, 6, 6, 6]
+    np.testing.assert_allclose(out, img, atol=1e-5)
