@@ -30,6 +30,7 @@ from bioflow.data.augment import predict_tta, tta_flags
 from bioflow.data.classification import ClassificationDataset
 from bioflow.data.loader import loader_kwargs
 from bioflow.data.manifest import load_manifest
+from bioflow.models.fusion import fold_batchnorm
 from bioflow import progress
 from bioflow.errors import BioflowError
 from bioflow.inference import resume, shards
@@ -48,7 +49,7 @@ def iter_proba(model, loader, device, multilabel: bool = False, tta: dict | None
     augmentation to average over those transforms, None for none; ``policy``: precision and
     memory format (None: fp32)."""
     act = torch.sigmoid if multilabel else (lambda t: torch.softmax(t, 1))
-    model.eval().to(device)
+    model = fold_batchnorm(model).to(device)
     if policy is not None:
         policy.prepare_model(model)
     autocast = policy.autocast if policy is not None else contextlib.nullcontext

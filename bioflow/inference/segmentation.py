@@ -59,6 +59,7 @@ from bioflow.metrics.segmentation import confusion_counts
 from bioflow.models import precision
 from bioflow.models.checkpoint import load_model_from_checkpoint
 from bioflow.models.ensemble import load_ensemble
+from bioflow.models.fusion import fold_batchnorm
 from bioflow.models.segmentation import size_divisor
 
 log = logging.getLogger(__name__)
@@ -442,7 +443,7 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[i
     else:
         model, hp = load_model_from_checkpoint(ckpt_path)
     policy = precision.resolve(cfg["inference"]["precision"], key="inference.precision")
-    model = policy.prepare_model(model.to(policy.device))
+    model = policy.prepare_model(fold_batchnorm(model).to(policy.device))
     log.info("predict: %s", policy.describe())
     trained = hp["cfg"]
     # what the model was trained with wins for the model-side keys (and TTA follows the
