@@ -5,10 +5,12 @@ For each case (2D 1 channel and 3 channels: the semseg_2d template model, smp Un
 batch 2, a 96 x 128 x 128 volume), in one process, interleaved repetitions, minimum time:
 
 * ``bioflow``: :func:`bioflow.inference.tiling.predict_tiled_array` with the predict stage's
-  ``make_predict_fn`` at ``inference.precision: auto`` (the template's overlap 0.25 and padding);
-* ``floor``: the fastest bare forward of the same model on the same tiles (pre-cut, already in
+  ``make_predict_fn`` at ``inference.precision: auto`` (the template's overlap 0.25 and padding),
+  on the model as the predict stage prepares it (BatchNorm folded, channels-last);
+* ``floor``: the fastest bare forward of that same model on the same tiles (pre-cut, already in
   the model's layout, channels-last with bf16 autocast where the hardware has it; batches of the
-  same size); ``fp32_nchw``: the same tiles in fp32 NCHW (what an unprepared caller gets);
+  same size); ``fp32_nchw``: the same tiles in fp32 NCHW through the unprepared model (what an
+  unprepared caller gets);
 * ``monai``: MONAI's ``sliding_window_inference`` with its defaults (overlap 0.25, constant
   blending, fp32 NCHW model, ``sw_batch_size`` = our batch) and, for the comparison at equal
   geometry, bioflow at padding 0 / overlap 0.25 (``bioflow_p0``).
@@ -20,6 +22,7 @@ Untrained weights (speed does not depend on them; eval-mode BatchNorm). Random i
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -30,6 +33,7 @@ from perf_common import best_of, header, parser, template
 from bioflow.inference import tiling
 from bioflow.inference.segmentation import make_predict_fn
 from bioflow.models import build_model, precision
+from bioflow.models.fusion import fold_batchnorm
 
 
 def cut_tiles(image: np.ndarray, plan: tiling.TilePlan) -> np.ndarray:
@@ -53,9 +57,9 @@ def case(name: str, cfg: dict, images: list[np.ndarray], reps: int) -> dict:
     torch.manual_seed(0)
     auto = precision.resolve("auto")
     fp32 = precision.resolve("32", channels_last=False)
-    m_auto = auto.prepare_model(build_model(cfg).eval())
     m_fp32 = build_model(cfg).eval()
-    m_fp32.load_state_dict(m_auto.state_dict())
+    # as the predict stage prepares it: BatchNorm folded, then channels-last (the floor uses it too)
+    m_auto = auto.prepare_model(fold_batchnorm(copy.deepcopy(m_fp32)))
     plans = [tiling.plan_tiles(im.shape[:-1], tile, float(inf["overlap"]), int(inf["padding"])) for im in images]
     plans0 = [tiling.plan_tiles(im.shape[:-1], tile, 0.25, 0) for im in images]
     tiles = np.concatenate([cut_tiles(im, p) for im, p in zip(images, plans)])
