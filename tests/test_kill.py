@@ -177,7 +177,7 @@ def test_kill9_of_snakemake_unlocks_by_itself_only_once_nothing_of_it_works_ther
 def test_scancel_during_training_then_the_same_command_resumes(tmp_path):
     """The kill test under the real SLURM test cluster, with scancel as the killer."""
     from helpers_snakemake import (SLURM_PROFILE, SLURM_TEST_ARGS, clean_env, scontrol_jobs,
-                                   slurm_cluster_fixture, snakemake, tiny_demo_config)
+                                   slurm_cluster_fixture, slurm_env, snakemake, tiny_demo_config)
     fixture = slurm_cluster_fixture()
     next(fixture)  # skips without SLURM; starts the cluster
     try:
@@ -185,7 +185,7 @@ def test_scancel_during_training_then_the_same_command_resumes(tmp_path):
                                                             "train": {"epochs": 400}})
         cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
                "--configfile", str(cfg_file), "--profile", str(SLURM_PROFILE), *SLURM_TEST_ARGS]
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=slurm_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         last = tmp_path / "results" / "demo_pneumonia" / "checkpoints" / "demo_pneumonia_1" / "last.ckpt"
         here = os.path.realpath(tmp_path)
@@ -204,7 +204,7 @@ def test_scancel_during_training_then_the_same_command_resumes(tmp_path):
 
         # the same command, shortened: the cancelled job is redone and training resumes
         short = tiny_demo_config(cfg_file, {"experiment": {"run_ids": [1]}, "train": {"epochs": 30}})
-        snakemake(tmp_path, short, "--profile", str(SLURM_PROFILE), *SLURM_TEST_ARGS, timeout=900)
+        snakemake(tmp_path, short, "--profile", str(SLURM_PROFILE), *SLURM_TEST_ARGS, env=slurm_env(), timeout=900)
         s = json.loads(summary.read_text())
         assert s["resumed"] is True and s["start_epoch"] > 0 and s["epochs_run"] == 30
     finally:
