@@ -163,8 +163,8 @@ def stop_slurm_cluster() -> None:
 
 
 def slurm_cluster_fixture():
-    """Body of a module-scoped `cluster` fixture: skip without SLURM, start the cluster, and
-    stop it afterwards if this test module started it."""
+    """Body of the session-scoped `cluster` fixture (tests/conftest.py): skip without SLURM,
+    start the cluster, and stop it afterwards if this session started it."""
     import pytest
 
     missing = slurm_missing()

@@ -22,18 +22,13 @@ import pytest
 import yaml
 
 from helpers_snakemake import (SLURM_PROFILE, SLURM_TEST_ARGS, job_counts, local_demo_run, rule_of, scontrol_jobs,
-                               slurm_cluster_fixture, slurm_env, snakemake, tiny_demo_config)
+                               slurm_env, snakemake, tiny_demo_config)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 LOCAL_RULES = {"csv_to_folders", "validate_train", "validate_test", "norm_stats", "save_config", "report", "ensemble",
                "all"}
 GPU_RULES = {"train", "predict"}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    yield from slurm_cluster_fixture()
 
 
 @pytest.fixture(scope="module")

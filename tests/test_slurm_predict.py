@@ -34,16 +34,11 @@ import tifffile
 import yaml
 
 from bioflow import locks
-from helpers_snakemake import (SNAKEFILE, SLURM_TEST_ARGS, clean_env, rule_of, slurm_cluster_fixture,
+from helpers_snakemake import (SNAKEFILE, SLURM_TEST_ARGS, clean_env, rule_of,
                                slurm_env, slurm_jobs_in, snakemake)
 from helpers_trained import ckpt_of, classification_run, run_dir, segmentation_run  # noqa: F401
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    yield from slurm_cluster_fixture()
 
 
 @pytest.fixture(scope="module")
