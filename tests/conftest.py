@@ -94,3 +94,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__.rsplit(".", 1)[-1] in E2E_MODULES or item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The test SLURM cluster (.ci/slurm_cluster.sh), started once for every test that uses it;
+    skips without the SLURM binaries."""
+    from helpers_snakemake import slurm_cluster_fixture
+    yield from slurm_cluster_fixture()

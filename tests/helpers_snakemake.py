@@ -26,9 +26,12 @@ SLURM_PROFILE = REPO / "profiles" / "slurm"
 CLUSTER_SCRIPT = REPO / ".ci" / "slurm_cluster.sh"
 SLURM_BINARIES = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scontrol", "srun")
 
-# Fast status polling for the test cluster (no slurmdbd there, hence squeue).
+SHIMS = REPO / "tests" / "gate"  # test-only sitecustomize (see its docstring)
+
+# Fast status polling for the test cluster (no slurmdbd there, hence squeue); with slurm_env.
 SLURM_TEST_ARGS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
                    "--slurm-keep-successful-logs"]
+SLURM_POLL_SECONDS = 2
 
 
 def deep_update(base: dict, update: dict) -> dict:
@@ -60,6 +63,16 @@ def clean_env(**extra) -> dict:
     """os.environ without SLURM job variables (a test may itself run inside a SLURM job)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
     env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def slurm_env(**extra) -> dict:
+    """clean_env for a Snakemake run with the SLURM executor: the test shim caps the plugin's
+    status-check interval at SLURM_POLL_SECONDS (it grows to minutes while jobs run; only the
+    polling cadence changes, the jobs still go through the real sbatch / squeue / scancel)."""
+    env = clean_env(**extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SHIMS), str(REPO), env.get("PYTHONPATH")) if p)
+    env["BIOFLOW_TEST_SLURM_POLL"] = str(SLURM_POLL_SECONDS)
     return env
 
 
@@ -150,8 +163,8 @@ def stop_slurm_cluster() -> None:
 
 
 def slurm_cluster_fixture():
-    """Body of a module-scoped `cluster` fixture: skip without SLURM, start the cluster, and
-    stop it afterwards if this test module started it."""
+    """Body of the session-scoped `cluster` fixture (tests/conftest.py): skip without SLURM,
+    start the cluster, and stop it afterwards if this session started it."""
     import pytest
 
     missing = slurm_missing()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_snakemake import REPO, clean_env, slurm_cluster_fixture
+from helpers_snakemake import REPO, clean_env
 
 DRIVER = REPO / "tests" / "ddp_driver.py"
 N_TRAIN, EPOCHS = 64, 2  # ddp_driver's data and epochs
@@ -55,11 +55,6 @@ def test_ddp_two_cpu_processes(tmp_path):
     ranks = run_driver(tmp_path)
     check_two_ranks_one_checkpoint(tmp_path, ranks)
     assert {r["cluster_environment"] for r in ranks} == {"LightningEnvironment"}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    yield from slurm_cluster_fixture()
 
 
 @pytest.mark.slurm

@@ -174,19 +174,17 @@ def test_kill9_of_snakemake_unlocks_by_itself_only_once_nothing_of_it_works_ther
 
 
 @pytest.mark.slurm
-def test_scancel_during_training_then_the_same_command_resumes(tmp_path):
+def test_scancel_during_training_then_the_same_command_resumes(cluster, tmp_path):
     """The kill test under the real SLURM test cluster, with scancel as the killer."""
-    from helpers_snakemake import (SLURM_PROFILE, SLURM_TEST_ARGS, clean_env, scontrol_jobs,
-                                   slurm_cluster_fixture, snakemake, tiny_demo_config)
-    fixture = slurm_cluster_fixture()
-    next(fixture)  # skips without SLURM; starts the cluster
+    from helpers_snakemake import (SLURM_PROFILE, SLURM_TEST_ARGS, clean_env, scontrol_jobs, slurm_env, slurm_jobs_in,
+                                   snakemake, tiny_demo_config)
+    cfg_file = tiny_demo_config(tmp_path / "cfg.yaml", {"experiment": {"run_ids": [1]},
+                                                        "train": {"epochs": 400}})
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+           "--configfile", str(cfg_file), "--profile", str(SLURM_PROFILE), *SLURM_TEST_ARGS]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=slurm_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        cfg_file = tiny_demo_config(tmp_path / "cfg.yaml", {"experiment": {"run_ids": [1]},
-                                                            "train": {"epochs": 400}})
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-               "--configfile", str(cfg_file), "--profile", str(SLURM_PROFILE), *SLURM_TEST_ARGS]
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
         last = tmp_path / "results" / "demo_pneumonia" / "checkpoints" / "demo_pneumonia_1" / "last.ckpt"
         here = os.path.realpath(tmp_path)
         deadline = time.time() + 600
@@ -199,13 +197,17 @@ def test_scancel_during_training_then_the_same_command_resumes(tmp_path):
         assert len(train) == 1, train
         subprocess.run(["scancel", train[0]["JobId"]], env=clean_env(), check=True)
         assert proc.wait(timeout=300) != 0  # Snakemake sees the cancelled job fail
-        summary = tmp_path / "results" / "demo_pneumonia" / "results" / "demo_pneumonia_1" / "train_summary.json"
-        assert not summary.exists()
+    finally:  # on failure: no 400-epoch job left on the cluster the later SLURM tests share
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        left = [j["JobId"] for j in slurm_jobs_in(tmp_path) if j["JobState"] in ("RUNNING", "PENDING")]
+        if left:
+            subprocess.run(["scancel", *left], env=clean_env(), check=False)
+    summary = tmp_path / "results" / "demo_pneumonia" / "results" / "demo_pneumonia_1" / "train_summary.json"
+    assert not summary.exists()
 
-        # the same command, shortened: the cancelled job is redone and training resumes
-        short = tiny_demo_config(cfg_file, {"experiment": {"run_ids": [1]}, "train": {"epochs": 30}})
-        snakemake(tmp_path, short, "--profile", str(SLURM_PROFILE), *SLURM_TEST_ARGS, timeout=900)
-        s = json.loads(summary.read_text())
-        assert s["resumed"] is True and s["start_epoch"] > 0 and s["epochs_run"] == 30
-    finally:
-        next(fixture, None)  # stops the cluster if this test started it
+    # the same command, shortened: the cancelled job is redone and training resumes
+    short = tiny_demo_config(cfg_file, {"experiment": {"run_ids": [1]}, "train": {"epochs": 30}})
+    snakemake(tmp_path, short, "--profile", str(SLURM_PROFILE), *SLURM_TEST_ARGS, env=slurm_env(), timeout=900)
+    s = json.loads(summary.read_text())
+    assert s["resumed"] is True and s["start_epoch"] > 0 and s["epochs_run"] == 30

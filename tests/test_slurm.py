@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from helpers_snakemake import (SLURM_PROFILE, SLURM_TEST_ARGS, job_counts, local_demo_run, rule_of, scontrol_jobs,
-                               slurm_cluster_fixture, snakemake, tiny_demo_config)
+                               slurm_env, snakemake, tiny_demo_config)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -32,18 +32,13 @@ GPU_RULES = {"train", "predict"}
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    yield from slurm_cluster_fixture()
-
-
-@pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory):
     local = local_demo_run(tmp_path_factory.getbasetemp())
     workdir = tmp_path_factory.mktemp("slurm_run")
     cfg = tiny_demo_config(workdir / "tiny.yaml")
     known = {j["JobId"] for j in scontrol_jobs()}
     t0 = time.time()
-    proc = snakemake(workdir, cfg, "--profile", str(SLURM_PROFILE), *SLURM_TEST_ARGS, timeout=900)
+    proc = snakemake(workdir, cfg, "--profile", str(SLURM_PROFILE), *SLURM_TEST_ARGS, env=slurm_env(), timeout=900)
     seconds = time.time() - t0
     here = os.path.realpath(workdir)
     jobs = [j for j in scontrol_jobs()
@@ -122,13 +117,12 @@ def test_the_bare_profile_name_submits_once_installed(slurm_run, tmp_path):
     """`bioflow profile install slurm`, then `snakemake --profile slurm` as cluster users type it:
     Snakemake finds the installed profile (not the checkout's) and submits through SLURM."""
     from bioflow import cluster_profile
-    from helpers_snakemake import clean_env
     xdg = tmp_path / "xdg"
     cluster_profile.install("slurm", partition="cpu", gpu_partition="gpu", root=xdg / "snakemake")
     workdir = slurm_run["workdir"]
     known = {j["JobId"] for j in scontrol_jobs()}
     snakemake(workdir, workdir / "tiny.yaml", "--profile", "slurm", "--forcerun", "metrics", *SLURM_TEST_ARGS,
-              env=clean_env(XDG_CONFIG_HOME=xdg))
+              env=slurm_env(XDG_CONFIG_HOME=xdg))
     here = os.path.realpath(workdir)
     jobs = [j for j in scontrol_jobs() if j["JobId"] not in known and os.path.realpath(j.get("WorkDir", "")) == here]
     assert Counter(rule_of(j)[0] for j in jobs) == {"metrics": 3}

@@ -34,17 +34,11 @@ import tifffile
 import yaml
 
 from bioflow import locks
-from helpers_snakemake import (REPO, SNAKEFILE, SLURM_TEST_ARGS, clean_env, rule_of,
-                               slurm_cluster_fixture, slurm_jobs_in, snakemake)
+from helpers_snakemake import (SNAKEFILE, SLURM_TEST_ARGS, clean_env, rule_of,
+                               slurm_env, slurm_jobs_in, snakemake)
 from helpers_trained import ckpt_of, classification_run, run_dir, segmentation_run  # noqa: F401
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-GATE_CODE = Path(__file__).resolve().parent / "gate"
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    yield from slurm_cluster_fixture()
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +85,8 @@ def _one_local_job(trained: dict, tmp: Path, **inference) -> Path:
 def _slurm_env(xdg: Path, gate: Path | None = None) -> dict:
     extra = {"XDG_CONFIG_HOME": xdg}
     if gate is not None:
-        extra.update(BIOFLOW_TEST_GATE=gate, PYTHONPATH=os.pathsep.join(
-            [str(GATE_CODE), str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return clean_env(**extra)
+        extra["BIOFLOW_TEST_GATE"] = gate  # tests/gate/sitecustomize.py, on slurm_env's PYTHONPATH
+    return slurm_env(**extra)
 
 
 def _command(workdir: Path, cfg: Path) -> list[str]:

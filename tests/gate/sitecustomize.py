@@ -1,10 +1,16 @@
-"""Test-only: holds a prediction after a given number of units, so a test can kill it there.
+"""Test-only hooks for the processes the tests start (Snakemake, and the SLURM jobs, which
+inherit the environment). Each is off unless its variable is set; without them nothing changes.
 
-Put this folder on PYTHONPATH and set BIOFLOW_TEST_GATE=<dir> with ``<dir>/allow`` holding N:
-in every process (also SLURM jobs, which inherit the environment), the prediction units
-(segmentation images, classification batches) after the first N wait until ``<dir>/open``
-exists. Each unit that passes is appended to ``<dir>/calls``, so the test sees what a rerun
-predicted. Without BIOFLOW_TEST_GATE nothing changes.
+* BIOFLOW_TEST_GATE=<dir>: holds a prediction after a given number of units, so a test can kill
+  it there. ``<dir>/allow`` holds N: in every process, the prediction units (segmentation
+  images, classification batches) after the first N wait until ``<dir>/open`` exists. Each unit
+  that passes is appended to ``<dir>/calls``, so the test sees what a rerun predicted.
+* BIOFLOW_TEST_SLURM_POLL=<seconds>: caps the SLURM executor plugin's interval between two
+  status checks (it grows by 10 s after every check where no job finished, up to 180 s, so a
+  40-s job was noticed a minute late). Polling cadence only: the jobs still go through the real
+  sbatch / squeue / scancel.
+
+Put this folder on PYTHONPATH (tests/helpers_snakemake.py: slurm_env) and set the variables.
 """
 
 import importlib.abc
@@ -14,6 +20,7 @@ import time
 from pathlib import Path
 
 GATE = os.environ.get("BIOFLOW_TEST_GATE")
+SLURM_POLL = os.environ.get("BIOFLOW_TEST_SLURM_POLL")
 
 
 def _pass(unit: str) -> None:
@@ -45,7 +52,23 @@ def _classification(module):
     module.iter_proba = iter_proba
 
 
-PATCHES = {"bioflow.inference.segmentation": _segmentation, "bioflow.inference.classification": _classification}
+def _slurm_poll(module):
+    # snakemake-executor-plugin-slurm sets this after every status check (the base class,
+    # snakemake_interface_executor_plugins' RemoteExecutor, sleeps for it); clamp what it sets.
+    cap = float(SLURM_POLL)
+    prop = module.Executor.next_seconds_between_status_checks
+
+    def setter(self, value):
+        prop.fset(self, value if value is None else min(value, cap))
+    module.Executor.next_seconds_between_status_checks = property(prop.fget, setter)
+
+
+PATCHES = {}
+if GATE:
+    PATCHES.update({"bioflow.inference.segmentation": _segmentation,
+                    "bioflow.inference.classification": _classification})
+if SLURM_POLL:
+    PATCHES["snakemake_executor_plugin_slurm"] = _slurm_poll
 
 
 class _Finder(importlib.abc.MetaPathFinder):
@@ -69,5 +92,5 @@ class _Finder(importlib.abc.MetaPathFinder):
         return spec
 
 
-if GATE:
+if PATCHES:
     sys.meta_path.insert(0, _Finder())
