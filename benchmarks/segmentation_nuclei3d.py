@@ -78,6 +78,8 @@ def main(argv=None):
                     help="train exactly this many epochs, no time limit (a fixed-step comparison run)")
     ap.add_argument("--per-image", choices=("true", "false"), default=None,
                     help="override data.normalization.per_image (default: template)")
+    ap.add_argument("--score-only", action="store_true",
+                    help="score the checkpoint a finished run left in --work (same options) without training")
     a = ap.parse_args(argv)
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -93,33 +95,38 @@ def main(argv=None):
             "data": {"train": str(data / "train"), "val": str(data / "val"), "test": str(data / "test"),
                      "channels": 1, "mask_transform": "foreground"},
             "model": {"n_classes": 2}}
+    changed = {}  # what this run changes besides PROPOSED, recorded with the results
     if a.minutes:
-        over["train"] = {"max_time_minutes": a.minutes}
+        changed["train"] = {"max_time_minutes": a.minutes}
     if a.epochs:
-        over["train"] = {"epochs": a.epochs, "max_time_minutes": None}
+        changed["train"] = {"epochs": a.epochs, "max_time_minutes": None}
     if a.per_image:
-        over["data"]["normalization"] = {"per_image": a.per_image == "true"}
-    cfg = deep_update(deep_update(tpl, PROPOSED), over)
+        changed["data"] = {"normalization": {"per_image": a.per_image == "true"}}
+    cfg = deep_update(deep_update(deep_update(tpl, PROPOSED), over), changed)
     cfg = deep_update(cfg, {"postprocess": {"z_filter": a.z_filter}})
     wf = workflows.validate_config(cfg)
-    shutil.rmtree(Layout.of(cfg).root, ignore_errors=True)
-    # every stage on its own config slice, as the Snakemake rules run them
-    for stage in ("validate_train", "validate_test", "norm_stats"):
-        wf.call(stage, cfg)
-    t0 = time.time()
-    summary = wf.call("train", cfg, run_id=1)
-    t_train = time.time() - t0
+    lay = Layout.of(cfg)
+    if a.score_only:
+        summary = json.loads((Path(lay.run_dir(1)) / "train_summary.json").read_text())
+        t_train = summary["wall_time_s"]
+    else:
+        shutil.rmtree(lay.root, ignore_errors=True)
+        # every stage on its own config slice, as the Snakemake rules run them
+        for stage in ("validate_train", "validate_test", "norm_stats"):
+            wf.call(stage, cfg)
+        t0 = time.time()
+        summary = wf.call("train", cfg, run_id=1)
+        t_train = time.time() - t0
     t0 = time.time()
     wf.call("predict", cfg, run_id=1)
     t_pred = time.time() - t0
     if a.z_filter:
         wf.call("postprocess", cfg, run_id=1)
     r = wf.call("metrics", cfg, run_id=1)
-    lay = Layout.of(cfg)
     curve = val_curve(Path(lay.run_dir(1)) / "train_logs" / "metrics.csv")
     last = last_epoch_iou(cfg, lay, work) if a.epochs else None
     res = {"machine": f"{os.cpu_count()} CPU cores (shared), torch threads 2, no GPU",
-           "config_overrides_vs_template": {**PROPOSED, **({"train": {"max_time_minutes": a.minutes}} if a.minutes else {})},
+           "config_overrides_vs_template": deep_update(PROPOSED, changed),
            "train_s": round(t_train, 1), "predict_s": round(t_pred, 1), "train_summary": summary,
            "z_filter": a.z_filter, "normalization": cfg["data"]["normalization"],
            "val_iou_per_epoch": curve, "test_iou_last_epoch_tiled": last,
