@@ -155,3 +155,33 @@ def test_percentiles_equal_numpy(dtype):
     lo, hi = want[1], want[4]
     ref = (np.clip(img.astype(np.float32), lo, hi) - lo.astype(np.float32)) / np.where(hi - lo > 1e-8, hi - lo, 1).astype(np.float32)
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["zscore", "percentile", "scale_range"])
+@pytest.mark.parametrize("dtype", ["uint16", "int8", "float32"])
+def test_image_stats_the_same_for_any_chunking(monkeypatch, kind, dtype):
+    """Per-image statistics from row chunks (streamed inference) equal those of the whole image
+    (training, validation, in-memory inference); a float image above FLOAT_SAMPLE voxels is
+    sampled by voxel index, so the chunking does not change the sample either."""
+    monkeypatch.setattr(nz, "FLOAT_SAMPLE", 500)
+    rng = np.random.default_rng(5)
+    img = (rng.normal(40, 30, (23, 17, 9, 2))).clip(-120, 120).astype(dtype)
+    ncfg = {"type": kind, "per_image": True, "percentiles": [1.0, 99.8]}
+    whole = nz.image_stats(img, ncfg)
+    for cuts in ([5, 6, 18], [1], list(range(1, 23))):
+        parts = np.split(img, cuts)
+        chunked = nz.image_stats(iter(parts), ncfg, n_voxels=23 * 17 * 9)
+        assert chunked.keys() == whole.keys()
+        for k in whole:
+            np.testing.assert_allclose(chunked[k], whole[k], rtol=1e-12, atol=1e-9, err_msg=k)
+    # and normalize() with per_image applies exactly these statistics
+    np.testing.assert_array_equal(nz.normalize(img, None, ncfg), nz.normalize_with(img, whole, ncfg))
+    if kind == "percentile" and dtype != "float32":  # exact: from the histogram
+        np.testing.assert_allclose(whole["percentile_high"], np.percentile(img.reshape(-1, 2), 99.8, axis=0))
+    if kind == "percentile" and dtype == "float32":  # 500 of 3519 voxels, spread over the image
+        assert abs(whole["percentile_low"][0] - np.percentile(img[..., 0], 1.0)) < 15
+    if kind == "scale_range" and dtype != "float32":  # integers: by the dtype's max, nothing read
+        assert "max" not in whole
+    else:  # a chunk missing is an error, not statistics of part of the image
+        with pytest.raises(ValueError, match="voxels"):
+            nz.image_stats(iter(np.split(img, [5])[:1]), ncfg, n_voxels=23 * 17 * 9)

@@ -1,5 +1,11 @@
 """Stage ``norm_stats`` and the :func:`normalize` function shared by training and inference.
 
+One path: training images (the patches are cut from them), validation images and test images
+(in memory or streamed in row chunks) all go through :func:`normalize_with` with statistics
+that are either the train set's (``per_image: false``: ``normalization.json``, carried in the
+checkpoint) or the image's own from :func:`image_stats` (``per_image: true``), which gives the
+same numbers whether it sees the image whole or chunk by chunk.
+
 Statistics are computed over the **train split only** (as listed in the manifest), per
 channel: exact mean / std / min / max over every pixel (merged per image with Chan's
 parallel formula, in float64), and percentiles from a bounded random sample of pixels.
@@ -30,6 +36,7 @@ from typing import Iterable
 
 import numpy as np
 
+from bioflow.config_model import Normalization
 from bioflow.data.manifest import load_manifest, read_entry_image
 from bioflow.errors import BioflowError
 from bioflow.io import atomic_path, read_json, write_json
@@ -51,7 +58,7 @@ def _norm_cfg(norm_cfg: dict | None) -> dict:
         norm_cfg = dict(norm_cfg["data"]["normalization"])
     elif "normalization" in norm_cfg:
         norm_cfg = dict(norm_cfg["normalization"] or {})
-    out = {"type": "zscore", "per_image": False, "percentiles": [1.0, 99.8]}
+    out = Normalization().model_dump()  # the schema's defaults, for a partial section
     out.update(norm_cfg)
     if out["type"] not in TYPES:
         raise BioflowError(f"data.normalization.type: {out['type']!r} is not allowed; "
@@ -65,6 +72,31 @@ def _norm_cfg(norm_cfg: dict | None) -> dict:
 
 # --- the pure function ---------------------------------------------------------------
 
+def _countable(dtype: np.dtype) -> bool:
+    """Integer images of at most 16 bits (and bool): percentiles come from a histogram."""
+    return dtype == bool or (dtype.kind in "iu" and dtype.itemsize <= 2)
+
+
+def _histogram(values: np.ndarray) -> np.ndarray:
+    """Counts of every value of a 1D countable array, index 0 = the dtype's minimum."""
+    v = values.view(np.uint8) if values.dtype == bool else values
+    base = int(np.iinfo(v.dtype).min)
+    return np.bincount((v.astype(np.int32) - base) if base else v.ravel())
+
+
+def _quantiles(counts: np.ndarray, dtype: np.dtype, q) -> np.ndarray:
+    """``np.percentile``'s linear interpolation read from a histogram of ``sum(counts)`` values."""
+    n = int(counts.sum())
+    base = 0 if dtype == bool else int(np.iinfo(dtype).min)
+    pos = np.asarray(q, dtype=np.float64) / 100.0 * (n - 1)
+    below = np.floor(pos)
+    t = pos - below
+    ranks = np.stack([below, np.minimum(below + 1, n - 1)]).astype(np.int64)
+    a, b = np.searchsorted(np.cumsum(counts), ranks, side="right").astype(np.float64) + base
+    # numpy's linear interpolation, in its form for each side of t = 0.5
+    return np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
+
+
 def percentiles(image: np.ndarray, q) -> np.ndarray:
     """Per-channel percentiles ``q`` of a ``(..., c)`` image, ``(len(q), c)`` float64, equal to
     ``np.percentile(image.reshape(-1, c), q, axis=0)`` (linear interpolation). Images of at
@@ -73,23 +105,120 @@ def percentiles(image: np.ndarray, q) -> np.ndarray:
     img = np.asarray(image)
     c = img.shape[-1]
     flat = img.reshape(-1, c)
-    if not (img.dtype.kind in "biu" and img.dtype.itemsize <= 2) or flat.shape[0] == 0:
+    if not _countable(img.dtype) or flat.shape[0] == 0:
         return np.asarray(np.percentile(flat, list(q), axis=0), dtype=np.float64).reshape(len(q), c)
-    n = flat.shape[0]
-    base = int(np.iinfo(img.dtype).min) if img.dtype != bool else 0
-    pos = np.asarray(q, dtype=np.float64) / 100.0 * (n - 1)
-    below = np.floor(pos)
-    t = pos - below
-    ranks = np.stack([below, np.minimum(below + 1, n - 1)]).astype(np.int64)
-    out = np.empty((len(pos), c))
-    for ch in range(c):
-        v = flat[:, ch]
-        v = v.view(np.uint8) if v.dtype == bool else v
-        counts = np.bincount((v.astype(np.int32) - base) if base else v.ravel())
-        a, b = np.searchsorted(np.cumsum(counts), ranks, side="right").astype(np.float64) + base
-        # numpy's linear interpolation, in its form for each side of t = 0.5
-        out[:, ch] = np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
-    return out
+    return np.stack([_quantiles(_histogram(flat[:, ch]), img.dtype, q) for ch in range(c)], axis=1)
+
+
+# --- the statistics of one image (per_image: true) ---------------------------------------
+
+FLOAT_SAMPLE = 1 << 24  # values per channel kept for the percentiles of one float image
+_HASH = np.uint64(2654435761)  # Knuth's multiplicative hash: picks voxels evenly, no aliasing
+
+
+class ImageStats:
+    """Per-channel statistics of ONE image fed as row chunks of its first axis, in order
+    (:meth:`add`), or whole: what :func:`normalize` takes with ``per_image: true``, the same
+    numbers however the image is cut. Mean / std merged exactly (Chan et al.); max |x|;
+    percentiles exact from a histogram for images of at most 16-bit integers, else from the
+    float32 values of every voxel, or, in images of more than ``FLOAT_SAMPLE`` voxels, of those
+    a hash of their index picks (so the chunking does not change the pick).
+    ``n_voxels``: the image's voxel count per channel (needed to pick voxels of a large float
+    image chunk by chunk)."""
+
+    def __init__(self, norm_cfg: dict | None, n_voxels: int):
+        self.ncfg = _norm_cfg(norm_cfg)
+        self.kind = self.ncfg["type"]
+        self.n_voxels = int(n_voxels)
+        self.offset = 0                # voxels seen so far
+        self.dtype = None
+        self.mean = self.m2 = self.amax = None
+        self.counts: list[np.ndarray] = []
+        self.samples: list[np.ndarray] = []
+
+    @property
+    def needed(self) -> bool:
+        """False where ``normalize`` uses no statistics of the image (after the first chunk)."""
+        return self.kind != "none" and not (self.kind == "scale_range" and self.dtype is not None
+                                            and self.dtype.kind in "biu")
+
+    def add(self, chunk: np.ndarray) -> "ImageStats":
+        img = np.asarray(chunk)
+        c = img.shape[-1]
+        if self.dtype is None:
+            self.dtype = img.dtype
+        elif img.dtype != self.dtype:
+            raise ValueError(f"chunks of one image with dtypes {self.dtype} and {img.dtype}")
+        flat = img.reshape(-1, c)
+        k = flat.shape[0]
+        if k == 0 or not self.needed:
+            self.offset += k
+            return self
+        if self.kind == "zscore":
+            x = flat.astype(np.float32).astype(np.float64)
+            m_i = x.mean(axis=0)
+            m2_i = ((x - m_i) ** 2).sum(axis=0)
+            if self.mean is None:
+                self.mean, self.m2 = m_i, m2_i
+            else:
+                n = self.offset + k
+                delta = m_i - self.mean
+                self.mean = self.mean + delta * (k / n)
+                self.m2 = self.m2 + m2_i + delta ** 2 * (self.offset * k / n)
+        elif self.kind == "scale_range":
+            a = np.abs(flat.astype(np.float32)).max(axis=0)
+            self.amax = a if self.amax is None else np.maximum(self.amax, a)
+        elif _countable(img.dtype):
+            for ch in range(c):
+                h = _histogram(flat[:, ch])
+                if ch < len(self.counts):
+                    size = max(len(h), len(self.counts[ch]))
+                    self.counts[ch] = np.pad(self.counts[ch], (0, size - len(self.counts[ch]))) + \
+                        np.pad(h, (0, size - len(h)))
+                else:
+                    self.counts.append(h)
+        else:
+            x = flat.astype(np.float32)
+            if self.n_voxels > FLOAT_SAMPLE:
+                idx = np.arange(self.offset, self.offset + k, dtype=np.uint64)
+                keep = (idx * _HASH) & np.uint64(0xFFFFFFFF) < np.uint64(FLOAT_SAMPLE * 2**32 // self.n_voxels)
+                x = x[keep]
+            self.samples.append(x)
+        self.offset += k
+        return self
+
+    def result(self) -> dict:
+        """Statistics in the keys of ``normalization.json`` that :func:`normalize_with` reads."""
+        if self.offset != self.n_voxels:
+            raise ValueError(f"image statistics: {self.offset} voxels added of {self.n_voxels}")
+        out = {"per_image": True, "n_pixels": self.offset}
+        if self.mean is not None:
+            out.update(mean=self.mean.tolist(), std=np.sqrt(self.m2 / max(self.offset, 1)).tolist())
+        if self.amax is not None:
+            out["max"] = self.amax.astype(np.float64).tolist()
+        q = [float(v) for v in self.ncfg["percentiles"]]
+        if self.counts or self.samples:
+            pct = (np.stack([_quantiles(h, self.dtype, q) for h in self.counts], axis=1) if self.counts else
+                   np.asarray(np.percentile(np.concatenate(self.samples), q, axis=0), dtype=np.float64))
+            out.update(percentiles=q, percentile_low=pct[0].tolist(), percentile_high=pct[1].tolist())
+        return out
+
+
+def image_stats(image, norm_cfg: dict | None, n_voxels: int | None = None) -> dict:
+    """The statistics of one image that :func:`normalize` applies with ``per_image: true``:
+    ``image`` a ``(z,)y,x,c`` array, or an iterable of its row chunks in order (a streamed
+    image: ``n_voxels`` = its voxel count per channel then). Equal for any chunking."""
+    if isinstance(image, np.ndarray):
+        return ImageStats(norm_cfg, int(np.prod(image.shape[:-1]))).add(image).result()
+    if n_voxels is None:
+        raise ValueError("image_stats of row chunks needs n_voxels")
+    acc = ImageStats(norm_cfg, n_voxels)
+    for chunk in image:
+        acc.add(chunk)
+        if not acc.needed:
+            acc.offset = acc.n_voxels  # nothing to compute: the rest need not be read
+            break
+    return acc.result()
 
 
 def _per_channel(values, c: int, name: str) -> np.ndarray:
@@ -121,11 +250,25 @@ def normalize(image: np.ndarray, stats: dict | None, norm_cfg: dict | None) -> n
       float images by the observed max (train set, or the image's own with ``per_image``);
     * ``none``: a float32 copy.
 
-    ``per_image: true`` uses the statistics of ``image`` itself instead of ``stats`` (which
-    may then be None). Call it on the image in its stored dtype (before any float cast).
+    ``per_image: true`` uses the statistics of ``image`` itself (:func:`image_stats`) instead
+    of ``stats`` (which may then be None). Call it on the image in its stored dtype (before any
+    float cast).
     """
     ncfg = _norm_cfg(norm_cfg)
-    kind, per_image = ncfg["type"], bool(ncfg["per_image"])
+    img = np.asarray(image)
+    if img.ndim < 3:
+        raise ValueError(f"normalize expects a (z,)y,x,c image, got shape {img.shape}")
+    if ncfg["per_image"]:
+        stats = image_stats(img, ncfg)
+    return normalize_with(img, stats, ncfg)
+
+
+def normalize_with(image: np.ndarray, stats: dict | None, norm_cfg: dict | None) -> np.ndarray:
+    """:func:`normalize` with these statistics, whatever ``per_image`` says: the one place the
+    arithmetic happens, for a whole image or one row chunk of it (``stats`` then from
+    :func:`image_stats` of the whole image, or the train set's)."""
+    ncfg = _norm_cfg(norm_cfg)
+    kind = ncfg["type"]
     img = np.asarray(image)
     if img.ndim < 3:
         raise ValueError(f"normalize expects a (z,)y,x,c image, got shape {img.shape}")
@@ -133,31 +276,22 @@ def normalize(image: np.ndarray, stats: dict | None, norm_cfg: dict | None) -> n
     x = img.astype(np.float32, copy=True)
     if kind == "none":
         return x
-    spatial = tuple(range(img.ndim - 1))
     if kind == "zscore":
-        if per_image:
-            mean = x.mean(axis=spatial, dtype=np.float64)
-            std = x.std(axis=spatial, dtype=np.float64)
-        else:
-            _need(stats, "mean", kind)
-            mean, std = _per_channel(stats["mean"], c, "mean"), _per_channel(stats["std"], c, "std")
+        _need(stats, "mean", kind)
+        mean, std = _per_channel(stats["mean"], c, "mean"), _per_channel(stats["std"], c, "std")
         std = np.where(std > _EPS, std, 1.0)
         x -= mean.astype(np.float32)
         x /= std.astype(np.float32)
         return x
     if kind == "percentile":
         lo_p, hi_p = ncfg["percentiles"]
-        if per_image:  # of the stored values where they can be counted, else of the float32 copy
-            lo, hi = percentiles(img if img.dtype.kind in "biu" and img.dtype.itemsize <= 2 else x, [lo_p, hi_p])
-        else:
-            _need(stats, "percentile_low", kind)
-            if [float(v) for v in stats.get("percentiles", [])] != [float(lo_p), float(hi_p)]:
-                raise BioflowError(f"data.normalization.percentiles: {ncfg['percentiles']} differ "
-                                   f"from those of the statistics {stats.get('percentiles')}; "
-                                   f"rerun norm_stats")
-            lo = _per_channel(stats["percentile_low"], c, "percentile_low")
-            hi = _per_channel(stats["percentile_high"], c, "percentile_high")
-        lo, hi = lo.astype(np.float32), hi.astype(np.float32)
+        _need(stats, "percentile_low", kind)
+        if [float(v) for v in stats.get("percentiles", [])] != [float(lo_p), float(hi_p)]:
+            raise BioflowError(f"data.normalization.percentiles: {ncfg['percentiles']} differ "
+                               f"from those of the statistics {stats.get('percentiles')}; "
+                               f"rerun norm_stats")
+        lo = _per_channel(stats["percentile_low"], c, "percentile_low").astype(np.float32)
+        hi = _per_channel(stats["percentile_high"], c, "percentile_high").astype(np.float32)
         span = np.where(hi - lo > _EPS, hi - lo, 1.0).astype(np.float32)
         np.clip(x, lo, hi, out=x)
         x -= lo
@@ -168,8 +302,6 @@ def normalize(image: np.ndarray, stats: dict | None, norm_cfg: dict | None) -> n
         scale = np.full(c, float(np.iinfo(img.dtype).max))
     elif img.dtype == bool:
         scale = np.ones(c)
-    elif per_image:
-        scale = np.abs(x.reshape(-1, c)).max(axis=0).astype(np.float64)
     else:
         _need(stats, "max", kind)
         scale = np.abs(_per_channel(stats["max"], c, "max"))

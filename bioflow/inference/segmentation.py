@@ -48,7 +48,7 @@ import torch
 
 from bioflow.data.augment import predict_tta, tta_flags
 from bioflow.data.manifest import entries, load_manifest, relative_name
-from bioflow.data.normalization import compute_stats, normalize
+from bioflow.data.normalization import image_stats, normalize, normalize_with
 from bioflow.data.segmentation import check_mask, read_mask, to_channels
 from bioflow import progress
 from bioflow.errors import BioflowError
@@ -349,10 +349,9 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
             reader = lambda a, b: padded[a:b]  # noqa: E731
         else:
             if norm_cfg["per_image"]:
-                log.warning("%s: per-image normalization of a streamed image uses the statistics of "
-                            "a row subsample", entry["path"])
-                stats = _subsample_stats(src, channels, entry["path"], norm_cfg)
-                norm_cfg = {**norm_cfg, "per_image": False}
+                # the numbers normalize() takes from the whole image, from one pass over its rows
+                stats = image_stats(_row_chunks(src, channels, entry["path"], budget), norm_cfg,
+                                    int(np.prod(spatial)))
             image = None
             idx0 = pad_indices(spatial[0], *plan.pad_width[0])
             rest = [pad_indices(n, *pw) for n, pw in zip(spatial[1:], plan.pad_width[1:])]
@@ -360,7 +359,7 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
             def reader(a, b):
                 rows = idx0[a:b]
                 lo, hi = int(rows.min()), int(rows.max()) + 1
-                chunk = normalize(to_channels(src.read(lo, hi), channels, entry["path"]), stats, norm_cfg)
+                chunk = normalize_with(to_channels(src.read(lo, hi), channels, entry["path"]), stats, norm_cfg)
                 chunk = chunk[rows - lo]
                 for ax, idx in enumerate(rest, start=1):
                     chunk = np.take(chunk, idx, axis=ax)
@@ -419,12 +418,14 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
         src.close()
 
 
-def _subsample_stats(src, channels, path, norm_cfg) -> dict:
-    """Statistics of every k-th row (at most ~64) for per-image normalization of a streamed image."""
+def _row_chunks(src, channels, path, budget: float):
+    """The image's rows in order, in chunks of at most ~1/16 of the memory budget (the stats
+    pass holds a float64 copy of one)."""
     n = src.shape[0]
-    rows = np.unique(np.linspace(0, n - 1, min(n, 64)).astype(int))
-    imgs = (to_channels(src.read(int(r), int(r) + 1), channels, path) for r in rows)
-    return compute_stats(imgs, norm_cfg["percentiles"], n_images=len(rows))
+    row_bytes = 8 * int(np.prod(src.shape[1:-1])) * channels
+    step = max(1, int(budget // 16 // max(row_bytes, 1)))
+    for a in range(0, n, step):
+        yield to_channels(src.read(a, min(a + step, n)), channels, path)
 
 
 def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[int, int] | None = None) -> Path:
