@@ -19,7 +19,10 @@
 #    CUDA_VISIBLE_DEVICES=0 like on a real GPU node; the job itself falls back to the CPU;
 #  - it advertises at least 16 CPUs and 64 GiB (SlurmdParameters=config_overrides) so the
 #    project's profile is submitted unmodified; jobs share the real cores;
-#  - MinJobAge=3600 and no slurmdbd: use `--slurm-status-command squeue`.
+#  - MinJobAge=3600 and no slurmdbd: use `--slurm-status-command squeue`;
+#  - proctrack/pgid: scancel kills every process of a job step's process group, also one whose
+#    parent already exited (linuxproc follows parent links only; a job's Snakemake that hung in
+#    its SIGTERM handler outlived scancel that way, as it would not under a cluster's cgroups).
 set -euo pipefail
 
 cmd=${1:-start}
@@ -73,7 +76,7 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 MpiDefault=none
-ProctrackType=proctrack/linuxproc
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none

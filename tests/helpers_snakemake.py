@@ -1,13 +1,17 @@
 """Helpers for tests that run the real Snakefile: tiny demo configs, running Snakemake in a
 subprocess, reading which jobs a (dry) run schedules, and the test SLURM cluster.
 
-The tiny demo run (demo config, 1 epoch, two run_ids) is made once per test session and
-shared by tests/test_dag.py and tests/test_slurm.py through :func:`local_demo_run`.
+The tiny demo run (demo config, 1 epoch, two run_ids) is made once per test run and shared by
+tests/test_dag.py and tests/test_slurm.py (also across pytest-xdist workers) through
+:func:`local_demo_run`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
+import json
 import os
 import re
 import shutil
@@ -121,24 +125,49 @@ def planned_jobs(workdir: Path, configfile: Path, *args: str, prelude: str | Non
     return job_counts(proc.stdout + proc.stderr)
 
 
+def shared_tmp(tmp_path_factory) -> Path:
+    """A folder of this test run that every pytest-xdist worker sees (each worker's own basetemp
+    is a subfolder of it); the session's basetemp without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock across processes (pytest-xdist workers) while the block runs."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 _LOCAL_RUN: dict = {}
 
 
-def local_demo_run(tmp_root: Path) -> dict:
-    """The tiny demo DAG run once locally (``--cores 2``); memoized for the session.
+def local_demo_run(tmp_path_factory) -> dict:
+    """The tiny demo DAG run once locally (``--cores 2``); once per test run, also when
+    pytest-xdist workers share it (the first one makes it, the others wait and read it).
 
     Returns ``{"workdir", "config", "root", "output", "seconds"}``; ``root`` is the
     experiment's output folder.
     """
     if "workdir" not in _LOCAL_RUN:
+        tmp_root = shared_tmp(tmp_path_factory)
         workdir = tmp_root / "local_run"
-        workdir.mkdir(parents=True, exist_ok=True)
-        cfg = tiny_demo_config(workdir / "tiny.yaml")
-        t0 = time.time()
-        proc = snakemake(workdir, cfg, "--cores", "2")
+        record = tmp_root / "local_run.json"  # written once the run succeeded
+        with file_lock(tmp_root / "local_run.lock"):
+            if not record.exists():
+                workdir.mkdir(parents=True, exist_ok=True)
+                cfg = tiny_demo_config(workdir / "tiny.yaml")
+                t0 = time.time()
+                proc = snakemake(workdir, cfg, "--cores", "2")
+                record.write_text(json.dumps({"output": proc.stdout + proc.stderr, "seconds": time.time() - t0}))
+        cfg = workdir / "tiny.yaml"
         name = yaml.safe_load(cfg.read_text())["experiment"]["name"]
         _LOCAL_RUN.update(workdir=workdir, config=cfg, root=workdir / "results" / name,
-                          output=proc.stdout + proc.stderr, seconds=time.time() - t0)
+                          **json.loads(record.read_text()))
     return _LOCAL_RUN
 
 

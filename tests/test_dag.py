@@ -30,7 +30,7 @@ TEST_SET_CHANGED = Counter({"validate_test": 1}) + DOWNSTREAM_OF_PREDICT
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return local_demo_run(tmp_path_factory.getbasetemp())
+    return local_demo_run(tmp_path_factory)
 
 
 def changed_config(run, overrides: dict, name: str):

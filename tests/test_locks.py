@@ -71,15 +71,20 @@ def test_a_lock_that_may_be_in_use_stays_and_the_command_is_printed(tmp_path, mo
 
 def test_a_process_mentioning_snakemake_in_the_folder_keeps_the_lock(tmp_path):
     _locked(tmp_path, host=socket.gethostname(), pid=_dead_pid(), start="1", executor="local")
-    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", ".snakemake/scripts/train.py"],
-                           cwd=tmp_path, stdin=subprocess.DEVNULL)
+    job = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)",
+                            ".snakemake/scripts/train.py"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, text=True)
     try:
+        # Popen may return while the child is still inside exec (vfork), its /proc/<pid>/cmdline
+        # still empty: check once it runs (failed that way under a parallel test run)
+        assert job.stdout.readline() == "up\n"
         msg = locks.check(tmp_path, "Snakefile")
         assert f"pid {job.pid} (" in msg and "still working in this folder" in msg
         assert locks.lock_files(tmp_path)
     finally:
         job.kill()
         job.wait()
+        job.stdout.close()
     assert locks.check(tmp_path, "Snakefile").startswith("bioflow: removed the lock")
 
 

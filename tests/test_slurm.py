@@ -33,7 +33,7 @@ GPU_RULES = {"train", "predict"}
 
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory):
-    local = local_demo_run(tmp_path_factory.getbasetemp())
+    local = local_demo_run(tmp_path_factory)
     workdir = tmp_path_factory.mktemp("slurm_run")
     cfg = tiny_demo_config(workdir / "tiny.yaml")
     known = {j["JobId"] for j in scontrol_jobs()}
