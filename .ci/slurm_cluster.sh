@@ -121,7 +121,12 @@ start() {
     else
         stop_daemons
         write_conf
-        /usr/sbin/slurmctld -f "$CONF" -i   # -i: ignore state from an earlier run
+        # A fresh cluster every start: an earlier run's saved jobs (a machine image taken while
+        # tests ran leaves some "running") would be recovered and hold the node until slurmctld
+        # notices, after many minutes, that they are gone. -c clears slurmctld's saved state.
+        rm -rf "$STATE/state" "$STATE/spool"
+        mkdir -p "$STATE/state" "$STATE/spool"
+        /usr/sbin/slurmctld -f "$CONF" -c
         /usr/sbin/slurmd -f "$CONF"
     fi
     local st=""

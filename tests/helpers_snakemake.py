@@ -201,6 +201,10 @@ def slurm_cluster_fixture():
         pytest.skip(f"SLURM binaries not found ({', '.join(missing)}); "
                     "apt-get install -y slurmctld slurmd slurm-client munge (.ci/run does)")
     started = start_slurm_cluster()
+    if started:
+        # A fresh cluster knows no job; one recovered from an earlier run could hold the node.
+        stale = [j["JobId"] for j in scontrol_jobs()]
+        assert not stale, f"the freshly started test cluster already knows jobs {stale}"
     yield
     if started:
         stop_slurm_cluster()
