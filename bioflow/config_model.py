@@ -243,13 +243,15 @@ class Inference(_Section):
                              "patches, scored on the tiled prediction (no extra pass) or by an independent "
                              "forward pass per patch (BiaPy's per_patch)")
     binarize_threshold: Num(ge=0, le=1) = 0.5
-    threshold: Literal["argmax", "youden", "f1"] | Num(gt=0, lt=1) = Field(
+    threshold: Literal["argmax", "youden", "f1", "auto"] | Num(gt=0, lt=1) = Field(
         "argmax", description="classification, binary and multi-label: the decision threshold on the "
                               "probability of the positive class (class_names[1]; per label for multi-label). "
                               "argmax: the plain decision; youden / f1: chosen on the validation set at the "
                               "end of training (max sensitivity + specificity - 1 / max F1), stored in the "
-                              "checkpoint; a number: that threshold. predictions.csv and the metrics keep "
-                              "the argmax decision beside the thresholded one")
+                              "checkpoint; auto: youden for binary and multi-label models, argmax for "
+                              "multi-class ones (the templates' setting); a number: that threshold. "
+                              "predictions.csv and the metrics keep the argmax decision beside the "
+                              "thresholded one")
     memory_budget_mb: Num(gt=0) = Field(2048, description=(
         "memory for predicting one image: its buffers plus the model's activations for a batch of tiles; "
         "an image needing more is streamed chunk by chunk (with fewer tiles per batch where the activations "

@@ -81,6 +81,9 @@ def test_resolve_the_setting():
     assert thresholds.resolve("youden", rec, 2, False, "m.ckpt") == {"method": "youden", "threshold": 0.3}
     assert thresholds.resolve(0.25, None, 2, False, "m.ckpt") == {"method": "fixed", "threshold": 0.25}
     assert thresholds.resolve(0.25, None, 3, True, "m.ckpt") == {"method": "fixed", "threshold": [0.25] * 3}
+    # auto: youden where a threshold exists (binary, multi-label), the argmax for multi-class
+    assert thresholds.resolve("auto", rec, 2, False, "m.ckpt") == {"method": "youden", "threshold": 0.3}
+    assert thresholds.resolve("auto", None, 3, False, "m.ckpt") is None
     with pytest.raises(BioflowError, match=r"^inference.threshold: youden .* m.ckpt holds no validation record"):
         thresholds.resolve("youden", None, 2, False, "m.ckpt")
     with pytest.raises(BioflowError, match="inference.threshold: f1 is for binary and multi-label models"):
@@ -218,6 +221,9 @@ def test_threshold_chosen_on_validation_travels_in_the_checkpoint_to_prediction(
     ("classification", {"model": {"n_classes": 3, "multilabel": True}, "data": {"labels_csv": "l.csv"}}, True),
     ("classification", {"model": {"n_classes": 3}}, False),
     ("semantic_segmentation", {"inference": {"padding": 8}}, False),
+    # auto is the argmax for a multi-class model (the templates set it for any class count)
+    ("classification", {"model": {"n_classes": 3}, "inference": {"threshold": "auto"}}, True),
+    ("semantic_segmentation", {"inference": {"threshold": "auto"}}, False),
 ])
 def test_the_threshold_is_checked_against_the_model_kind(workflow, extra, ok):
     from bioflow import workflows

@@ -6,6 +6,7 @@
   label at ``inference.binarize_threshold``);
 * ``youden``: the threshold maximising sensitivity + specificity - 1 on the validation set;
 * ``f1``: the threshold maximising the F1 score of the positive class on the validation set;
+* ``auto``: ``youden`` for binary and multi-label models, ``argmax`` for multi-class ones;
 * a number in (0, 1): that threshold.
 
 Binary models threshold the probability of the second class (``class_names[1]``, the positive
@@ -89,6 +90,8 @@ def validation_record(probs, target, multilabel: bool) -> dict | None:
 def resolve(setting, record: dict | None, n_classes: int, multilabel: bool, ckpt) -> dict | None:
     """``inference.threshold`` -> ``{"method", "threshold"}`` (a float, or one per label for
     multi-label), or None for ``argmax``. ``record``: the checkpoint's ``validation``."""
+    if setting == "auto":  # Youden's J does not depend on the class priors, unlike the argmax
+        setting = "youden" if multilabel or n_classes == 2 else "argmax"
     if setting == "argmax":
         return None
     if not multilabel and n_classes != 2:

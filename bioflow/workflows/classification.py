@@ -64,7 +64,7 @@ class Classification(Workflow):
         if not cfg["model"]["multilabel"] and cfg["model"]["n_classes"] < 2:
             problems.append("model.n_classes: single-label classification needs at least 2 classes")
         thr = cfg["inference"]["threshold"]
-        if thr != "argmax" and not cfg["model"]["multilabel"] and cfg["model"]["n_classes"] > 2:
+        if thr not in ("argmax", "auto") and not cfg["model"]["multilabel"] and cfg["model"]["n_classes"] > 2:
             problems.append(f"inference.threshold: {thr} is for binary and multi-label models; with "
                             f"model.n_classes {cfg['model']['n_classes']} set inference.threshold: argmax")
         return problems
