@@ -54,6 +54,8 @@ def test_command_line_overrides_alone_keep_the_demo_config(tmp_path):
 def test_template_dry_runs(template, tmp_path):
     cfg = yaml.safe_load(template.read_text())
     cfg["experiment"]["run_ids"] = [1, 2]
+    if cfg["data"].get("cv_folds"):  # the run ids are the folds
+        cfg["data"]["cv_folds"] = 2
     cfg["experiment"]["result_dir"] = str(tmp_path / "results")
     cfgfile = tmp_path / "c.yaml"
     cfgfile.write_text(yaml.safe_dump(cfg))

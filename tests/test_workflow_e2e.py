@@ -85,8 +85,13 @@ def test_classification_3d_from_npz(tmp_path):
                        train=None, test=None, patch_size=[32, 32, 32])
     cfg["data"]["csv_options"] = {"class_names": ["normal", "abnormal"]}
     cfg["train"].update(epochs=2, batch_size=8)
+    # the template cross-validates (5 folds); 2 keep this test short and still ensemble them
+    assert cfg["data"]["cv_folds"] == len(cfg["experiment"]["run_ids"])
+    cfg["data"]["cv_folds"], cfg["experiment"]["run_ids"] = 2, [1, 2]
     cfg["metrics"] = {"bootstrap": 20}
     run_snakemake(cfg, tmp_path)
+    ens = json.loads((tmp_path / "results" / "adrenal3d" / "results" / "adrenal3d_ensemble" / "metrics.json").read_text())
+    assert sum(map(sum, ens["confusion_matrix"])) == 20
     run = tmp_path / "results" / "adrenal3d" / "results" / "adrenal3d_1"
     rows = read_csv(run / "predictions.csv")
     assert len(rows) == 20 and {"prob_normal", "prob_abnormal"} <= set(rows[0])
