@@ -109,6 +109,8 @@ def score(cfg, ckpt, run_id) -> dict:
             "iou_mean_per_image": r["iou"]["per_image"]["foreground"],
             "iou_per_patch_mean": r["iou"].get("per_patch", {}).get("foreground"),
             "dice_pooled_per_image": r["dice"]["per_image"]["foreground_pooled"],
+            # 95% bootstrap interval, the held-out images resampled (metrics.bootstrap resamples)
+            "ci95_iou_pooled_per_image": r.get("ci95", {}).get("iou.per_image.foreground_pooled"),
             "predict_eval_s": round(time.time() - t, 1)}
 
 

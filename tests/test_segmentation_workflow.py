@@ -69,6 +69,12 @@ def test_train_predict_postprocess_metrics(make_cfg, dsb_folders, nuclei3d_folde
             assert {"foreground", "class_0", "class_1", "foreground_pooled"} <= set(level)
             assert level["foreground"] is None or 0 <= level["foreground"] <= 1
     assert m["iou"]["per_image"]["n"] == len(test_names)
+    # 95% bootstrap intervals of the foreground scores, images (patches) resampled
+    for key, (lo, hi) in saved["ci95"].items():
+        metric, level, name = key.split(".")
+        assert lo <= saved[metric][level][name] <= hi, key
+    assert "iou.per_patch.foreground_pooled" in saved["ci95"]
+    assert ("iou.per_image.foreground_pooled" in saved["ci95"]) == (len(test_names) > 1)
     assert saved["per_patch_source"] == ("independent" if ndim == 2 else "tiled")
     per_image = pd.read_csv(rd / "metrics_per_image.csv")
     assert len(per_image) == len(test_names) and "per_image_iou_foreground" in per_image
@@ -86,6 +92,7 @@ def test_train_predict_postprocess_metrics(make_cfg, dsb_folders, nuclei3d_folde
     assert len(examples) == min(3, len(scored)) and all((rd / e["image"]).is_file() for e in examples)
     assert ("z" in examples[0]) and (examples[0]["z"] is None) == (ndim == 2)
     assert "Worst, median and best test images" in html
+    assert "95% bootstrap confidence intervals" in html and "iou.per_patch.foreground_pooled" in html
 
 
 def test_unlabelled_test_set(make_cfg, dsb_folders):

@@ -9,7 +9,9 @@ Levels, as BiaPy reports them: ``per_patch`` (the model's raw output on non-over
 computed by predict), ``per_image`` (images reconstructed from tiles), ``full_image`` (whole-image
 inference), ``post_processing`` (z / yz filtered). Each level holds the mean over its items of
 ``foreground`` and ``class_<k>``, ``mean`` (over classes) and ``foreground_pooled`` (counts summed
-over every pixel of the level, the "global" IoU).
+over every pixel of the level, the "global" IoU). ``ci95`` holds 95% bootstrap intervals of the
+foreground scores (items resampled: images, or patches for ``per_patch``), keyed
+``<iou|dice>.<level>.<foreground|foreground_pooled>``.
 """
 
 from __future__ import annotations
@@ -120,6 +122,36 @@ def summarize(counts_list: list[np.ndarray], n_classes: int, score=iou_from_coun
     return out
 
 
+def bootstrap_ci(counts_list: list[np.ndarray], n_classes: int, n_resamples: int, score=iou_from_counts,
+                 seed: int = 0) -> dict:
+    """95% percentile intervals of the foreground score, mean over items (``foreground``) and
+    pooled (``foreground_pooled``), over ``n_resamples`` resamples of the items (images, or
+    patches) with replacement; ``{}`` with fewer than 2 items or no resamples."""
+    n = len(counts_list)
+    if n_resamples <= 0 or n < 2:
+        return {}
+    fg = np.stack(counts_list)[:, n_classes].astype(np.float64)   # (items, 3) foreground TP FP FN
+    per_item = score(fg)                                           # (items,), NaN where undefined
+    valid = ~np.isnan(per_item)
+    rng = np.random.default_rng(seed)
+    means, pooled = [], []
+    step = max(1, 2_000_000 // n)  # resamples per chunk: a (chunk, items) weight matrix stays small
+    for start in range(0, n_resamples, step):
+        k = min(step, n_resamples - start)
+        idx = rng.integers(0, n, size=(k, n))
+        w = np.zeros((k, n))
+        np.add.at(w, (np.repeat(np.arange(k), n), idx.ravel()), 1.0)  # how often each item was drawn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means.append((w @ np.where(valid, per_item, 0.0)) / (w @ valid))
+        pooled.append(score(w @ fg))                               # counts summed per resample
+    out = {}
+    for key, v in (("foreground", np.concatenate(means)), ("foreground_pooled", np.concatenate(pooled))):
+        v = v[~np.isnan(v)]
+        if len(v):
+            out[key] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+    return out
+
+
 # --- the stage ---------------------------------------------------------------------------------
 
 def _label_image(path: Path, ndim: int, n_classes: int) -> np.ndarray:
@@ -194,10 +226,15 @@ def evaluate(cfg: dict, run_id, manifest_path, run_dir) -> dict:
         patches = pm["patches"]
         result["per_patch_source"] = pm.get("source", "independent")  # files before the key: independent
         counts["per_patch"] = [np.asarray(p["counts"], dtype=np.int64) for p in patches]
+    boot = int(cfg["metrics"]["bootstrap"])
+    result["ci95"] = {}  # keyed like the report's metric names, as classification's
     for metric, fn in (("iou", iou_from_counts), ("dice", dice_from_counts)):
-        result[metric] = {lvl: summarize(counts[lvl], n_classes, fn)
-                          for lvl in ("per_patch", "per_image", "full_image", "post_processing")
-                          if counts.get(lvl)}
+        levels = [lvl for lvl in ("per_patch", "per_image", "full_image", "post_processing") if counts.get(lvl)]
+        result[metric] = {lvl: summarize(counts[lvl], n_classes, fn) for lvl in levels}
+        for lvl in levels:
+            for k, v in bootstrap_ci(counts[lvl], n_classes, boot, fn).items():
+                result["ci95"][f"{metric}.{lvl}.{k}"] = v
+    result["bootstrap"] = boot
     result["n_scored_images"] = len(rows)
     result["examples"] = _examples(manifest, labelled, rows, run_dir, ndim, n_classes)
     write_json(run_dir / "metrics.json", result)
