@@ -1,0 +1,81 @@
+"""Where tiled prediction spends its time beyond the bare forward (issue 11), 3D and 2D 3-channel
+cases of ``inference_speed.py``, in one process, interleaved, minimum of ``--reps`` rounds:
+
+* ``floor``: the bare forward of inference_speed.py (pre-cut channels-last tiles, bf16 autocast
+  where the CPU has it, fixed batches);
+* ``floor_even``: the same with bioflow's even split of the tiles over the passes;
+* ``floor_softmax``: plus the float softmax and the channel-last numpy view of the output;
+* ``predict_fn``: the predict stage's ``make_predict_fn`` on the same pre-cut tiles (numpy in,
+  probabilities out);
+* ``tiled``: ``tiling.predict_tiled_array`` on the images (padding, cutting, blending, writing).
+
+    python benchmarks/tiling_overhead.py [--reps 5]
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import torch
+
+from perf_common import best_of, template
+from bioflow.inference import tiling
+from bioflow.inference.segmentation import make_predict_fn
+from bioflow.models import build_model, precision
+from bioflow.models.fusion import fold_batchnorm
+from inference_speed import cut_tiles, bare
+
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--reps", type=int, default=5)
+ap.add_argument("--threads", type=int, default=2)
+args = ap.parse_args()
+torch.set_num_threads(args.threads)
+rng = np.random.default_rng(0)
+for name in ("3d", "2d_3ch"):
+    if name == "3d":
+        cfg = template("semseg_3d", data={"patch_size": [64, 64, 64]}, inference={"batch_size": 2})
+        images = [rng.normal(size=(96, 128, 128, 1)).astype(np.float32)]
+    else:
+        cfg = template("semseg_2d", data={"channels": 3})
+        images = [rng.normal(size=(1024, 1024, 3)).astype(np.float32) for _ in range(2)]
+    inf, tile = cfg["inference"], cfg["data"]["patch_size"]
+    batch, K = int(inf["batch_size"]), int(cfg["model"]["n_classes"])
+    torch.manual_seed(0)
+    auto = precision.resolve("auto")
+    m = auto.prepare_model(fold_batchnorm(build_model(cfg).eval()))
+    plans = [tiling.plan_tiles(im.shape[:-1], tile, float(inf["overlap"]), int(inf["padding"])) for im in images]
+    tiles = np.concatenate([cut_tiles(im, p) for im, p in zip(images, plans)])
+    t_cl = auto.prepare_input(torch.from_numpy(np.ascontiguousarray(np.moveaxis(tiles, -1, 1))))
+    fn = make_predict_fn(m, None, auto)
+    sizes = tiling.batch_sizes(len(tiles), batch)
+
+    def fn_only():
+        i = 0
+        for s in sizes:
+            fn(tiles[i:i + s]); i += s
+
+    def floor_even():  # the floor with bioflow's even batch split
+        with torch.inference_mode(), auto.autocast():
+            i = 0
+            for s in sizes:
+                m(t_cl[i:i + s]); i += s
+
+    def floor_softmax():
+        with torch.inference_mode():
+            i = 0
+            for s in sizes:
+                with auto.autocast():
+                    y = m(t_cl[i:i + s])
+                torch.softmax(y.float(), 1).movedim(1, -1).numpy(); i += s
+
+    def tiled():
+        for im, p in zip(images, plans):
+            tiling.predict_tiled_array(im, fn, p, K, blending=inf["blending"], batch_size=batch)
+
+    fns = {"floor": bare(m, t_cl, batch, auto), "floor_even": floor_even, "floor_softmax": floor_softmax,
+           "predict_fn": fn_only, "tiled": tiled}
+    t = best_of(fns, args.reps)
+    print(name, len(tiles), "tiles, sizes", sizes[:3], json.dumps({k: round(v, 3) for k, v in t.items()}),
+          json.dumps({k: round(v / t["floor"], 3) for k, v in t.items()}), flush=True)
