@@ -137,10 +137,8 @@ def bootstrap_ci(counts_list: list[np.ndarray], n_classes: int, n_resamples: int
     means, pooled = [], []
     step = max(1, 2_000_000 // n)  # resamples per chunk: a (chunk, items) weight matrix stays small
     for start in range(0, n_resamples, step):
-        k = min(step, n_resamples - start)
-        idx = rng.integers(0, n, size=(k, n))
-        w = np.zeros((k, n))
-        np.add.at(w, (np.repeat(np.arange(k), n), idx.ravel()), 1.0)  # how often each item was drawn
+        # how often each item is drawn in n draws with replacement, one row per resample
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=min(step, n_resamples - start)).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             means.append((w @ np.where(valid, per_item, 0.0)) / (w @ valid))
         pooled.append(score(w @ fg))                               # counts summed per resample
