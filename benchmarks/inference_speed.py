@@ -106,6 +106,19 @@ def case(name: str, cfg: dict, images: list[np.ndarray], reps: int) -> dict:
     return out
 
 
+def case_inputs(name: str, rng: np.random.Generator, quick: bool = False) -> tuple[dict, list[np.ndarray]]:
+    """The template config and random images of a case: 2d_1ch, 2d_3ch (two 1024^2 images) or 3d
+    (one 96 x 128 x 128 volume, 64^3 tiles, batch 2); ``quick``: smaller images."""
+    if name.startswith("2d"):
+        ch = 1 if name == "2d_1ch" else 3
+        side = 384 if quick else 1024
+        return (template("semseg_2d", data={"channels": ch}),
+                [rng.normal(size=(side, side, ch)).astype(np.float32) for _ in range(2)])
+    shape = (64, 96, 96, 1) if quick else (96, 128, 128, 1)
+    return (template("semseg_3d", data={"patch_size": [64, 64, 64]}, inference={"batch_size": 2}),
+            [rng.normal(size=shape).astype(np.float32)])
+
+
 def main():
     p = parser(__doc__)
     p.add_argument("--cases", default="2d_1ch,2d_3ch,3d", help="comma-separated subset of 2d_1ch,2d_3ch,3d")
@@ -117,16 +130,7 @@ def main():
     rng = np.random.default_rng(0)
     results = []
     for c in args.cases.split(","):
-        if c.startswith("2d"):
-            ch = 1 if c == "2d_1ch" else 3
-            cfg = template("semseg_2d", data={"channels": ch})
-            side = 384 if args.quick else 1024
-            images = [rng.normal(size=(side, side, ch)).astype(np.float32) for _ in range(2)]
-        else:
-            cfg = template("semseg_3d", data={"patch_size": [64, 64, 64]}, inference={"batch_size": 2})
-            shape = (64, 96, 96, 1) if args.quick else (96, 128, 128, 1)
-            images = [rng.normal(size=shape).astype(np.float32)]
-        results.append(case(c, cfg, images, args.reps))
+        results.append(case(c, *case_inputs(c, rng, args.quick), args.reps))
     (args.out / "inference_speed.json").write_text(json.dumps(results, indent=1))
 
 

@@ -25,7 +25,16 @@ from bioflow.inference import tiling
 from bioflow.inference.segmentation import make_predict_fn
 from bioflow.models import build_model, precision
 from bioflow.models.fusion import fold_batchnorm
-from inference_speed import cut_tiles, bare
+from inference_speed import bare, case_inputs, cut_tiles
+
+
+def chunks(x, sizes):
+    """``x`` cut into consecutive batches of ``sizes``."""
+    i = 0
+    for s in sizes:
+        yield x[i:i + s]
+        i += s
+
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--reps", type=int, default=5)
@@ -34,12 +43,7 @@ args = ap.parse_args()
 torch.set_num_threads(args.threads)
 rng = np.random.default_rng(0)
 for name in ("3d", "2d_3ch"):
-    if name == "3d":
-        cfg = template("semseg_3d", data={"patch_size": [64, 64, 64]}, inference={"batch_size": 2})
-        images = [rng.normal(size=(96, 128, 128, 1)).astype(np.float32)]
-    else:
-        cfg = template("semseg_2d", data={"channels": 3})
-        images = [rng.normal(size=(1024, 1024, 3)).astype(np.float32) for _ in range(2)]
+    cfg, images = case_inputs(name, rng)
     inf, tile = cfg["inference"], cfg["data"]["patch_size"]
     batch, K = int(inf["batch_size"]), int(cfg["model"]["n_classes"])
     torch.manual_seed(0)
@@ -52,23 +56,20 @@ for name in ("3d", "2d_3ch"):
     sizes = tiling.batch_sizes(len(tiles), batch)
 
     def fn_only():
-        i = 0
-        for s in sizes:
-            fn(tiles[i:i + s]); i += s
+        for b in chunks(tiles, sizes):
+            fn(b)
 
     def floor_even():  # the floor with bioflow's even batch split
         with torch.inference_mode(), auto.autocast():
-            i = 0
-            for s in sizes:
-                m(t_cl[i:i + s]); i += s
+            for b in chunks(t_cl, sizes):
+                m(b)
 
     def floor_softmax():
         with torch.inference_mode():
-            i = 0
-            for s in sizes:
+            for b in chunks(t_cl, sizes):
                 with auto.autocast():
-                    y = m(t_cl[i:i + s])
-                torch.softmax(y.float(), 1).movedim(1, -1).numpy(); i += s
+                    y = m(b)
+                torch.softmax(y.float(), 1).movedim(1, -1).numpy()
 
     def tiled():
         for im, p in zip(images, plans):
