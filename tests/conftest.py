@@ -101,10 +101,14 @@ XDIST_GROUP_MODULES = {"test_dag", "test_patch_workflow"}
 XDIST_LONGEST = {"test_workflow_e2e", "test_kill"}  # 0.5-2.5 min per test (full run of 2026-11-24)
 
 
+def _module(item) -> str:
+    return item.module.__name__.rsplit(".", 1)[-1]
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
+        module = _module(item)
         if module in E2E_MODULES or item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.e2e)
         if item.get_closest_marker("slurm") or "cluster" in getattr(item, "fixturenames", ()):
@@ -117,8 +121,7 @@ def pytest_collection_modifyitems(config, items):
         # while the other idles (only the order changes; a stable sort, the same on every
         # worker, as xdist requires)
         def rank(item):
-            module = item.module.__name__.rsplit(".", 1)[-1]
-            return 0 if module in XDIST_LONGEST else 1 if item.get_closest_marker("e2e") else 2
+            return 0 if _module(item) in XDIST_LONGEST else 1 if item.get_closest_marker("e2e") else 2
         items.sort(key=rank)
 
 
