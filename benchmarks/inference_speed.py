@@ -28,7 +28,7 @@ import json
 import numpy as np
 import torch
 
-from perf_common import best_of, header, parser, template
+from perf_common import best_of, device, header, parser, template
 
 from bioflow.inference import tiling
 from bioflow.inference.segmentation import make_predict_fn
@@ -49,21 +49,22 @@ def bare(model, tiles: torch.Tensor, batch: int, policy: precision.Policy):
     return run
 
 
-def case(name: str, cfg: dict, images: list[np.ndarray], reps: int) -> dict:
+def case(name: str, cfg: dict, images: list[np.ndarray], reps: int, dev: torch.device) -> dict:
     inf, tile = cfg["inference"], cfg["data"]["patch_size"]
     batch = int(inf["batch_size"])
     n_classes = int(cfg["model"]["n_classes"])
     ndim = len(tile)
     torch.manual_seed(0)
-    auto = precision.resolve("auto")
-    fp32 = precision.resolve("32", channels_last=False)
-    m_fp32 = build_model(cfg).eval()
+    auto = precision.resolve("auto", dev)
+    fp32 = precision.resolve("32", dev, channels_last=False)
+    m_cpu = build_model(cfg).eval()
+    m_fp32 = copy.deepcopy(m_cpu).to(dev)
     # as the predict stage prepares it: BatchNorm folded, then channels-last (the floor uses it too)
-    m_auto = auto.prepare_model(fold_batchnorm(copy.deepcopy(m_fp32)))
+    m_auto = auto.prepare_model(fold_batchnorm(m_cpu).to(dev))
     plans = [tiling.plan_tiles(im.shape[:-1], tile, float(inf["overlap"]), int(inf["padding"])) for im in images]
     plans0 = [tiling.plan_tiles(im.shape[:-1], tile, 0.25, 0) for im in images]
     tiles = np.concatenate([cut_tiles(im, p) for im, p in zip(images, plans)])
-    t_nchw = torch.from_numpy(np.ascontiguousarray(np.moveaxis(tiles, -1, 1)))
+    t_nchw = torch.from_numpy(np.ascontiguousarray(np.moveaxis(tiles, -1, 1))).to(dev)
     t_cl = auto.prepare_input(t_nchw.clone())
     fn_auto = make_predict_fn(m_auto, None, auto)
 
@@ -77,7 +78,8 @@ def case(name: str, cfg: dict, images: list[np.ndarray], reps: int) -> dict:
            "fp32_nchw": bare(m_fp32, t_nchw, batch, fp32)}
     try:
         from monai.inferers import sliding_window_inference
-        ims = [torch.from_numpy(np.ascontiguousarray(np.moveaxis(im, -1, 0)))[None] for im in images]
+        # on the device, as MONAI's users pass them (its blending then runs there too)
+        ims = [torch.from_numpy(np.ascontiguousarray(np.moveaxis(im, -1, 0)))[None].to(dev) for im in images]
 
         def monai_run():
             with torch.inference_mode():
@@ -94,7 +96,7 @@ def case(name: str, cfg: dict, images: list[np.ndarray], reps: int) -> dict:
         with auto.autocast():
             fast = m_auto(t_cl[:batch]).float().argmax(1)
     agree = float((ref == fast).float().mean())
-    out = {"case": name, "tiles": int(len(tiles)), "tiles_padding0": int(sum(len(p) for p in plans0)),
+    out = {"case": name, "device": str(dev), "tiles": int(len(tiles)), "tiles_padding0": int(sum(len(p) for p in plans0)),
            "policy": auto.describe(), "seconds": {k: round(v, 3) for k, v in t.items()},
            "argmax_agreement_fast_vs_fp32": round(agree, 5),
            "ratio_bioflow_to_floor": round(t["bioflow"] / t["floor"], 3),
@@ -106,23 +108,26 @@ def case(name: str, cfg: dict, images: list[np.ndarray], reps: int) -> dict:
     return out
 
 
-def case_inputs(name: str, rng: np.random.Generator, quick: bool = False) -> tuple[dict, list[np.ndarray]]:
+def case_inputs(name: str, rng: np.random.Generator, quick: bool = False,
+                n_images: int = 0) -> tuple[dict, list[np.ndarray]]:
     """The template config and random images of a case: 2d_1ch, 2d_3ch (two 1024^2 images) or 3d
-    (one 96 x 128 x 128 volume, 64^3 tiles, batch 2); ``quick``: smaller images."""
+    (one 96 x 128 x 128 volume, 64^3 tiles, batch 2); ``quick``: smaller images; ``n_images``:
+    that many images (volumes) instead (a GPU needs more work per timing than a CPU)."""
     if name.startswith("2d"):
         ch = 1 if name == "2d_1ch" else 3
         side = 384 if quick else 1024
         return (template("semseg_2d", data={"channels": ch}),
-                [rng.normal(size=(side, side, ch)).astype(np.float32) for _ in range(2)])
+                [rng.normal(size=(side, side, ch)).astype(np.float32) for _ in range(n_images or 2)])
     shape = (64, 96, 96, 1) if quick else (96, 128, 128, 1)
     return (template("semseg_3d", data={"patch_size": [64, 64, 64]}, inference={"batch_size": 2}),
-            [rng.normal(size=shape).astype(np.float32)])
+            [rng.normal(size=shape).astype(np.float32) for _ in range(n_images or 1)])
 
 
 def main():
     p = parser(__doc__)
     p.add_argument("--cases", default="2d_1ch,2d_3ch,3d", help="comma-separated subset of 2d_1ch,2d_3ch,3d")
     p.add_argument("--quick", action="store_true", help="small images: a smoke test, not a measurement")
+    p.add_argument("--n-images", type=int, default=0, help="images (volumes) per case (0: 2 in 2D, 1 in 3D)")
     p.set_defaults(reps=2)
     args = p.parse_args()
     header(args)
@@ -130,7 +135,7 @@ def main():
     rng = np.random.default_rng(0)
     results = []
     for c in args.cases.split(","):
-        results.append(case(c, *case_inputs(c, rng, args.quick), args.reps))
+        results.append(case(c, *case_inputs(c, rng, args.quick, args.n_images), args.reps, device(args)))
     (args.out / "inference_speed.json").write_text(json.dumps(results, indent=1))
 
 

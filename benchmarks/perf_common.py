@@ -22,7 +22,21 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=DATA, help="folder of the datasets (default: ../shared/data)")
     p.add_argument("--out", type=Path, required=True, help="folder for the outputs of this run")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (the minimum counts)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     return p
+
+
+def device(args) -> torch.device:
+    """``--device`` as a ``torch.device`` (auto: cuda when available, else cpu)."""
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
+
+
+def sync() -> None:
+    """Wait for queued GPU work: a timed call ends when its kernels have run, not when they were queued."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def template(name: str, **sections) -> dict:
@@ -46,7 +60,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    gpu = (f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})" if torch.cuda.is_available() else "no GPU")
     return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} with {torch.get_num_threads()} "
             f"threads, native bf16 {cpu_has_native_bf16()}, {gpu}, python {sys.version.split()[0]}")
 
@@ -60,12 +74,14 @@ def header(args) -> None:
 def best_of(fns: dict, reps: int) -> dict:
     """Minimum wall time of each function over ``reps`` rounds, interleaved (round r runs every
     function once) so a change in machine load hits all of them alike; one untimed warm-up round first."""
-    for fn in fns.values():  # warm-up: oneDNN builds its kernels on the first call of a shape
+    for fn in fns.values():  # warm-up: oneDNN / cuDNN pick their kernels on the first call of a shape
         fn()
     times = {k: [] for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times[k].append(time.perf_counter() - t0)
     return {k: min(v) for k, v in times.items()}

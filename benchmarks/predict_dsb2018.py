@@ -29,7 +29,7 @@ import numpy as np
 import tifffile
 import torch
 
-from perf_common import best_of, header, parser, template
+from perf_common import best_of, device, header, parser, template
 
 from bioflow.data.normalization import normalize
 from bioflow.data.segmentation import to_channels
@@ -50,12 +50,12 @@ def load(src, names):
     return out
 
 
-def train(cfg, data, steps: int, seed: int = 0):
+def train(cfg, data, steps: int, dev: torch.device, seed: int = 0):
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    pol = precision.resolve("auto")
-    model = pol.prepare_model(build_model(cfg).train())
-    loss_fn = build_loss(cfg["train"], 2)
+    pol = precision.resolve("auto", dev)
+    model = pol.prepare_model(build_model(cfg).train().to(dev))
+    loss_fn = build_loss(cfg["train"], 2).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     big = [(normalize(im.astype(np.float32), None, cfg["data"]["normalization"])[..., 0], m)
            for _, im, m in data if min(m.shape) >= 256]
@@ -67,8 +67,8 @@ def train(cfg, data, steps: int, seed: int = 0):
             a, b = rng.integers(0, im.shape[0] - 127), rng.integers(0, im.shape[1] - 127)
             xs.append(im[a:a + 128, b:b + 128])
             ys.append(m[a:a + 128, b:b + 128])
-        x = pol.prepare_input(torch.from_numpy(np.stack(xs)[:, None].astype(np.float32)))
-        y = torch.from_numpy(np.stack(ys).astype(np.int64))
+        x = pol.prepare_input(torch.from_numpy(np.stack(xs)[:, None].astype(np.float32)).to(dev))
+        y = torch.from_numpy(np.stack(ys).astype(np.int64)).to(dev)
         opt.zero_grad(set_to_none=True)
         with pol.autocast():
             loss = loss_fn(model(x).float(), y)
@@ -89,6 +89,7 @@ def main():
     args = p.parse_args()
     header(args)
     args.out.mkdir(parents=True, exist_ok=True)
+    dev = device(args)
     src = args.data / "dsb2018_stage1_train"
     names = sorted(q.name for q in (src / "images").glob("*.tif"))
     n_held = int(round(0.2 * len(names)))
@@ -104,7 +105,7 @@ def main():
         stats = hp["normalization"]
         print(f"model: {args.checkpoint} ({trained['model'].get('architecture')}, patch {cfg['data']['patch_size']})")
     else:
-        model = train(cfg, load(src, names[:len(names) - n_held]), args.train_steps)
+        model = train(cfg, load(src, names[:len(names) - n_held]), args.train_steps, dev)
 
     manifest = {"ndim": 2, "channels": 1, "channel_axis": "auto"}
     inf = cfg["inference"]
@@ -118,14 +119,14 @@ def main():
         tifffile.imwrite(path, im[..., 0])
         paths.append((str(path), m))
 
-    policies = {"32": precision.resolve("32", channels_last=False), "auto": precision.resolve("auto")}
+    policies = {"32": precision.resolve("32", dev, channels_last=False), "auto": precision.resolve("auto", dev)}
     models = {}
     for k, pol in policies.items():  # the same weights, each prepared for its policy
         m2 = copy.deepcopy(model).eval()
         with torch.no_grad():  # fp32 NCHW: contiguous weights (training left them channels-last)
             for w in list(m2.parameters()) + list(m2.buffers()):
                 w.data = w.data.contiguous()
-        models[k] = pol.prepare_model(m2)
+        models[k] = pol.prepare_model(m2.to(dev))
 
     def stage(pkey, inference, subset=None):
         c = copy.deepcopy(base)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import torch
 
-from perf_common import best_of, template
+from perf_common import best_of, device, template
 from bioflow.inference import tiling
 from bioflow.inference.segmentation import make_predict_fn
 from bioflow.models import build_model, precision
@@ -39,19 +39,22 @@ def chunks(x, sizes):
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--reps", type=int, default=5)
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+ap.add_argument("--n-images", type=int, default=0, help="images (volumes) per case (0: as inference_speed.py)")
 args = ap.parse_args()
+dev = device(args)
 torch.set_num_threads(args.threads)
 rng = np.random.default_rng(0)
 for name in ("3d", "2d_3ch"):
-    cfg, images = case_inputs(name, rng)
+    cfg, images = case_inputs(name, rng, n_images=args.n_images)
     inf, tile = cfg["inference"], cfg["data"]["patch_size"]
     batch, K = int(inf["batch_size"]), int(cfg["model"]["n_classes"])
     torch.manual_seed(0)
-    auto = precision.resolve("auto")
-    m = auto.prepare_model(fold_batchnorm(build_model(cfg).eval()))
+    auto = precision.resolve("auto", dev)
+    m = auto.prepare_model(fold_batchnorm(build_model(cfg).eval()).to(dev))
     plans = [tiling.plan_tiles(im.shape[:-1], tile, float(inf["overlap"]), int(inf["padding"])) for im in images]
     tiles = np.concatenate([cut_tiles(im, p) for im, p in zip(images, plans)])
-    t_cl = auto.prepare_input(torch.from_numpy(np.ascontiguousarray(np.moveaxis(tiles, -1, 1))))
+    t_cl = auto.prepare_input(torch.from_numpy(np.ascontiguousarray(np.moveaxis(tiles, -1, 1))).to(dev))
     fn = make_predict_fn(m, None, auto)
     sizes = tiling.batch_sizes(len(tiles), batch)
 
@@ -69,7 +72,7 @@ for name in ("3d", "2d_3ch"):
             for b in chunks(t_cl, sizes):
                 with auto.autocast():
                     y = m(b)
-                torch.softmax(y.float(), 1).movedim(1, -1).numpy()
+                torch.softmax(y.float(), 1).movedim(1, -1).cpu().numpy()
 
     def tiled():
         for im, p in zip(images, plans):

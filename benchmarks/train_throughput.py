@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from perf_common import header, parser, template
+from perf_common import device, header, parser, sync, template
 
 from bioflow.models import build_model
 from bioflow.training import engine
@@ -46,19 +46,22 @@ class Stamps:
         return batch * (len(t) - 1) / (t[-1] - t[0])
 
 
-def plain_loop(cfg, ds, steps: int, stamps: Stamps):
+def plain_loop(cfg, ds, steps: int, stamps: Stamps, dev: torch.device):
     torch.manual_seed(0)
-    model = build_model(cfg).train()
-    loss_fn = build_loss(cfg["train"], int(cfg["model"]["n_classes"]))
+    model = build_model(cfg).train().to(dev)
+    loss_fn = build_loss(cfg["train"], int(cfg["model"]["n_classes"])).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=float(cfg["train"]["lr"]))
-    loader = DataLoader(ds, batch_size=int(cfg["train"]["batch_size"]), shuffle=True, drop_last=True)
+    loader = DataLoader(ds, batch_size=int(cfg["train"]["batch_size"]), shuffle=True, drop_last=True,
+                        pin_memory=dev.type == "cuda")
     for i, (x, y) in enumerate(loader):
         if i >= steps:
             break
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
+        sync()  # a step ends when its kernels have run
         stamps()
 
 
@@ -79,6 +82,7 @@ class Timed(engine.BioflowModule):
     stamps: Stamps
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
+        sync()
         self.stamps()
 
 
@@ -148,7 +152,7 @@ def main():
         summary = None
         for r in range(args.reps):
             s = Stamps()
-            plain_loop(cfg, ds, args.steps, s)
+            plain_loop(cfg, ds, args.steps, s, device(args))
             rates["loop"].append(s.rate(batch, args.skip))
             s = Stamps()
             summary = bioflow_fit(cfg, ds, args.steps, s, args.out / f"{case}_{r}")
