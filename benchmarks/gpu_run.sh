@@ -23,9 +23,9 @@ run() {  # run NAME SECONDS SCRIPT ARGS...: one benchmark, its output into the l
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG"
-run classification_infer_b256 100 benchmarks/classification_infer_speed.py --out "$WORK" --batch 256 --reps 5
-run classification_infer_b1024 80 benchmarks/classification_infer_speed.py --out "$WORK" --batch 1024 --reps 5 \
-    --cudnn-benchmark policy
+run classification_infer_b256 100 benchmarks/classification_infer_speed.py --out "$WORK" --batch 256 --reps 5 \
+    --cudnn-benchmark
+run classification_infer_b1024 80 benchmarks/classification_infer_speed.py --out "$WORK" --batch 1024 --reps 5
 run inference_speed 120 benchmarks/inference_speed.py --out "$WORK" --reps 5 --n-images 16
 run train_throughput 110 benchmarks/train_throughput.py --out "$WORK/train" --data "$DATA" --steps 60 --skip 10
 run predict_dsb2018 100 benchmarks/predict_dsb2018.py --out "$WORK/predict" --data "$DATA" --train-steps 1000 --reps 3

@@ -24,18 +24,6 @@ def test_auto_on_gpu(monkeypatch, bf16, expected, scaler):
     assert (p.precision, p.scaler) == (expected, scaler)
 
 
-def test_cudnn_autotuner_on_gpu_only(monkeypatch):
-    # fixed tile / patch shapes: a GPU policy switches cuDNN's autotuner on, a CPU one leaves it
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    model = torch.nn.Conv2d(1, 2, 3)
-    precision.Policy("auto", "32", "cpu", True, "test").prepare_model(model)
-    assert torch.backends.cudnn.benchmark is False
-    gpu = precision.Policy("auto", "bf16", "cuda", True, "test")
-    assert gpu.cudnn_benchmark
-    gpu.prepare_model(model)  # only the flag and the weights' layout: no GPU needed
-    assert torch.backends.cudnn.benchmark is True
-
-
 def test_explicit_choices_and_errors(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert precision.resolve("32", "cpu").precision == "32"

@@ -89,18 +89,8 @@ class Policy:
             return contextlib.nullcontext()
         return torch.autocast(self.device, dtype=self.dtype)
 
-    @property
-    def cudnn_benchmark(self) -> bool:
-        """Whether cuDNN's autotuner runs: on a GPU. Tiles and training patches have fixed
-        shapes, so its one search per shape pays back over a stage (measured in
-        ``benchmarks/classification_infer_speed.py``)."""
-        return self.device == "cuda"
-
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """2D / 3D convolution weights (rank 4 / 5) to channels-last, in place; returns ``model``.
-        On a GPU it also switches cuDNN's autotuner on (:attr:`cudnn_benchmark`)."""
-        if self.cudnn_benchmark:
-            torch.backends.cudnn.benchmark = True
+        """2D / 3D convolution weights (rank 4 / 5) to channels-last, in place; returns ``model``."""
         if self.channels_last:
             with torch.no_grad():
                 for t in list(model.parameters()) + list(model.buffers()):

@@ -614,7 +614,6 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
     trainer = pl.Trainer(
         max_epochs=int(tc["epochs"]), accelerator="auto", devices=tc["devices"],
         strategy=tc["strategy"], precision=policy.lightning,
-        benchmark=policy.cudnn_benchmark or None,  # None: Lightning leaves cuDNN as it is (CPU)
         callbacks=callbacks, logger=loggers, default_root_dir=str(work),
         limit_train_batches=int(steps) if steps else 1.0,
         enable_progress_bar=progress.is_terminal(),  # a live bar on a terminal; the log gets ProgressLog's lines
