@@ -97,6 +97,13 @@ def main():
         for _ in iter_proba(m_auto, PreBatched(host), dev, policy=auto):
             pass
 
+    # the stage's loop (device copies one batch ahead on a GPU) returns what a plain forward does
+    with torch.inference_mode(), auto.autocast():
+        ref = [torch.softmax(m_auto(auto.prepare_input(h.to(dev))).float(), 1).cpu() for h in distinct]
+    got = list(iter_proba(m_auto, PreBatched(distinct), dev, policy=auto))
+    agree = max(float((torch.from_numpy(g) - r).abs().max()) for g, r in zip(got, ref))
+    assert len(got) == len(ref) and agree < 1e-3, f"iter_proba differs from the plain forward by {agree}"
+
     fns = {"timm_way": timm_way(), "bioflow_forward": bioflow_forward, "bioflow_predict": bioflow_predict}
     t = best_of(fns, args.reps)
     out = {"device": str(dev), "batch": batch, "images": n_batches * batch, "policy": auto.describe(),

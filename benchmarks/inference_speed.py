@@ -4,9 +4,13 @@ For each case (2D 1 channel and 3 channels: the semseg_2d template model, smp Un
 256^2 tiles, batch 8, two 1024^2 images; 3D: the semseg_3d template's 3D U-Net with 64^3 tiles,
 batch 2, a 96 x 128 x 128 volume), in one process, interleaved repetitions, minimum time:
 
-* ``bioflow``: :func:`bioflow.inference.tiling.predict_tiled_array` with the predict stage's
-  ``make_predict_fn`` at ``inference.precision: auto`` (the template's overlap 0.25 and padding),
-  on the model as the predict stage prepares it (BatchNorm folded, channels-last);
+* ``bioflow``: the predict stage's in-memory tiled pass (:func:`bioflow.inference.segmentation.predict_in_memory`:
+  numpy image in, tiles cut and blended on the model's device, numpy probabilities out) at
+  ``inference.precision: auto`` (the template's overlap 0.25 and padding), on the model as the
+  predict stage prepares it (BatchNorm folded, channels-last); ``bioflow_rows``: the same
+  through the row-streaming driver (:func:`bioflow.inference.tiling.predict_tiled_array`: each
+  batch's tiles to the device and its probabilities back, blended on the host), the in-memory
+  path before the device one;
 * ``floor``: the fastest bare forward of that same model on the same tiles (pre-cut, already in
   the model's layout, channels-last with bf16 autocast where the hardware has it; batches of the
   same size); ``fp32_nchw``: the same tiles in fp32 NCHW through the unprepared model (what an
@@ -31,7 +35,7 @@ import torch
 from perf_common import best_of, device, header, parser, template
 
 from bioflow.inference import tiling
-from bioflow.inference.segmentation import make_predict_fn
+from bioflow.inference.segmentation import make_predict_fn, make_tensor_predict_fn, predict_in_memory
 from bioflow.models import build_model, precision
 from bioflow.models.fusion import fold_batchnorm
 
@@ -67,14 +71,19 @@ def case(name: str, cfg: dict, images: list[np.ndarray], reps: int, dev: torch.d
     t_nchw = torch.from_numpy(np.ascontiguousarray(np.moveaxis(tiles, -1, 1))).to(dev)
     t_cl = auto.prepare_input(t_nchw.clone())
     fn_auto = make_predict_fn(m_auto, None, auto)
+    fn_t = make_tensor_predict_fn(m_auto, None, auto)
 
     def ours(plans=plans):
         def run():
             for im, p in zip(images, plans):
-                tiling.predict_tiled_array(im, fn_auto, p, n_classes, blending=inf["blending"], batch_size=batch)
+                predict_in_memory(im, fn_t, p, n_classes, inf["blending"], batch, dev)
         return run
 
-    fns = {"bioflow": ours(), "floor": bare(m_auto, t_cl, batch, auto),
+    def rows():
+        for im, p in zip(images, plans):
+            tiling.predict_tiled_array(im, fn_auto, p, n_classes, blending=inf["blending"], batch_size=batch)
+
+    fns = {"bioflow": ours(), "bioflow_rows": rows, "floor": bare(m_auto, t_cl, batch, auto),
            "fp32_nchw": bare(m_fp32, t_nchw, batch, fp32)}
     try:
         from monai.inferers import sliding_window_inference
@@ -100,6 +109,7 @@ def case(name: str, cfg: dict, images: list[np.ndarray], reps: int, dev: torch.d
            "policy": auto.describe(), "seconds": {k: round(v, 3) for k, v in t.items()},
            "argmax_agreement_fast_vs_fp32": round(agree, 5),
            "ratio_bioflow_to_floor": round(t["bioflow"] / t["floor"], 3),
+           "ratio_bioflow_rows_to_floor": round(t["bioflow_rows"] / t["floor"], 3),
            "ratio_floor_to_fp32_nchw": round(t["floor"] / t["fp32_nchw"], 3)}
     if "monai" in t:
         out["ratio_bioflow_to_monai"] = round(t["bioflow"] / t["monai"], 3)

@@ -13,7 +13,7 @@
    pass, outputs written, per-patch metrics) at the template defaults (one pass per tile,
    per-patch counts from the tiled prediction) and at the old defaults (``full_image: true``,
    ``patch_metrics: independent``: three passes), each against the tiled pass alone
-   (``predict_tiled_array`` on the same normalised images), on the first ``--n-time`` held-out
+   (``predict_in_memory`` on the same normalised images), on the first ``--n-time`` held-out
    images. Interleaved, minimum of ``--reps``.
 
     flock /tmp/bioflow_cpu.lock python benchmarks/predict_dsb2018.py --out /tmp/bench_predict [--checkpoint X.ckpt]
@@ -142,12 +142,12 @@ def main():
 
     # normalised in the stored dtype, as the stage does
     normed = [normalize(im, stats, cfg["data"]["normalization"]) for _, im, _ in test[:args.n_time]]
-    fn = seg.make_predict_fn(models["auto"], None, policies["auto"])
+    fn = seg.make_tensor_predict_fn(models["auto"], None, policies["auto"])
 
-    def tiled_alone():
+    def tiled_alone():  # the stage's in-memory tiled pass
         for im in normed:
             plan = tiling.plan_tiles(im.shape[:-1], cfg["data"]["patch_size"], float(inf["overlap"]), int(inf["padding"]))
-            tiling.predict_tiled_array(im, fn, plan, 2, blending=inf["blending"], batch_size=int(inf["batch_size"]))
+            seg.predict_in_memory(im, fn, plan, 2, inf["blending"], int(inf["batch_size"]), dev)
 
     # IoU: fp32 vs the fast path, same weights, same settings
     ious, passes = {}, {}

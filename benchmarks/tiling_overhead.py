@@ -7,7 +7,10 @@ cases of ``inference_speed.py``, in one process, interleaved, minimum of ``--rep
 * ``floor_softmax``: plus the float softmax and the channel-last numpy view of the output;
 * ``predict_fn``: the predict stage's ``make_predict_fn`` on the same pre-cut tiles (numpy in,
   probabilities out);
-* ``tiled``: ``tiling.predict_tiled_array`` on the images (padding, cutting, blending, writing).
+* ``tiled``: the predict stage's in-memory pass, ``segmentation.predict_in_memory`` on the images
+  (padding, cutting, blending on the model's device; numpy in and out);
+* ``tiled_rows``: ``tiling.predict_tiled_array`` on the images (the row-streaming driver:
+  blending on the host).
 
     python benchmarks/tiling_overhead.py [--reps 5]
 """
@@ -22,7 +25,7 @@ import torch
 
 from perf_common import best_of, device, template
 from bioflow.inference import tiling
-from bioflow.inference.segmentation import make_predict_fn
+from bioflow.inference.segmentation import make_predict_fn, make_tensor_predict_fn, predict_in_memory
 from bioflow.models import build_model, precision
 from bioflow.models.fusion import fold_batchnorm
 from inference_speed import bare, case_inputs, cut_tiles
@@ -74,12 +77,18 @@ for name in ("3d", "2d_3ch"):
                     y = m(b)
                 torch.softmax(y.float(), 1).movedim(1, -1).cpu().numpy()
 
+    fn_t = make_tensor_predict_fn(m, None, auto)
+
     def tiled():
+        for im, p in zip(images, plans):
+            predict_in_memory(im, fn_t, p, K, inf["blending"], batch, dev)
+
+    def tiled_rows():
         for im, p in zip(images, plans):
             tiling.predict_tiled_array(im, fn, p, K, blending=inf["blending"], batch_size=batch)
 
     fns = {"floor": bare(m, t_cl, batch, auto), "floor_even": floor_even, "floor_softmax": floor_softmax,
-           "predict_fn": fn_only, "tiled": tiled}
+           "predict_fn": fn_only, "tiled": tiled, "tiled_rows": tiled_rows}
     t = best_of(fns, args.reps)
     print(name, len(tiles), "tiles, sizes", sizes[:3], json.dumps({k: round(v, 3) for k, v in t.items()}),
           json.dumps({k: round(v / t["floor"], 3) for k, v in t.items()}), flush=True)

@@ -48,6 +48,39 @@ def test_identity_reconstruction(shape, tile, overlap, padding, blend):
     np.testing.assert_allclose(out, img, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape,tile,overlap,padding,blend", [
+    ((100, 75), (32, 32), 0.25, 4, "gaussian"),
+    ((20, 20), (64, 64), 0.5, 8, "gaussian"),     # image smaller than the tile
+    ((19, 40, 37), (8, 16, 16), 0.25, 2, "gaussian"),
+    ((6, 30, 31), (16, 16, 16), 0.5, 4, "constant"),
+])
+def test_tensor_driver_matches_row_driver(shape, tile, overlap, padding, blend):
+    """The in-memory tensor driver (the stage's path on any device) blends exactly as the
+    row-streaming driver: same geometry, weights and batches."""
+    import torch
+    rng = np.random.default_rng(2)
+    img = rng.normal(size=(*shape, 2)).astype(np.float32)
+    mix = rng.normal(size=(2, 3)).astype(np.float32)  # a position-dependent "model": 2 -> 3 channels
+
+    def fn(batch):
+        ramp = np.arange(batch.shape[1], dtype=np.float32).reshape(-1, *[1] * (batch.ndim - 2))
+        return (batch @ mix + ramp).astype(np.float32)  # tile-relative: blending decides the result
+
+    def fn_t(batch):
+        return torch.from_numpy(fn(batch.numpy()))
+
+    plan = tiling.plan_tiles(shape, tile, overlap, padding)
+    rows = tiling.predict_tiled_array(img, fn, plan, 3, blending=blend, batch_size=3)
+    calls = []
+    out = tiling.predict_tiled_tensor(torch.from_numpy(img), lambda b: calls.append(len(b)) or fn_t(b), plan, 3,
+                                      blending=blend, batch_size=3)
+    assert out.shape == (*shape, 3) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), rows, rtol=1e-5, atol=1e-5)
+    assert calls == tiling.batch_sizes(len(plan), 3)  # the same even batches
+    with pytest.raises(ValueError, match="predict_fn returned"):
+        tiling.predict_tiled_tensor(torch.from_numpy(img), lambda b: fn_t(b)[..., :2], plan, 3, blend, 3)
+
+
 def test_padding_discards_tile_border():
     """A model that is wrong near tile borders is invisible with enough padding."""
     img = np.random.default_rng(1).random((64, 64, 1)).astype(np.float32)

@@ -28,7 +28,7 @@ import torch
 
 from bioflow.data.augment import predict_tta, tta_flags
 from bioflow.data.classification import ClassificationDataset
-from bioflow.data.loader import loader_kwargs
+from bioflow.data.loader import device_batches, loader_kwargs
 from bioflow.data.manifest import load_manifest
 from bioflow.models.fusion import fold_batchnorm
 from bioflow import progress
@@ -54,11 +54,10 @@ def iter_proba(model, loader, device, multilabel: bool = False, tta: dict | None
         policy.prepare_model(model)
     autocast = policy.autocast if policy is not None else contextlib.nullcontext
     prog = progress.Progress("predict", len(loader.dataset), "images")
-    for batch in loader:
-        x = batch["image"].to(device)
+    for batch in device_batches(loader, device):
+        x = batch["image"]
         x = policy.prepare_input(x) if policy is not None else x
         meta = batch.get("meta")
-        meta = None if meta is None else meta.to(device)
 
         def probs(t, meta=meta):
             with autocast():

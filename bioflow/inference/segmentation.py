@@ -74,25 +74,48 @@ def device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def make_predict_fn(model, tta: dict | None = None, policy: precision.Policy | None = None):
-    """``(B, *spatial, c)`` float32 numpy -> ``(B, *spatial, K)`` softmax probabilities;
-    ``tta``: :func:`~bioflow.data.augment.tta_flags` of the training augmentation, or None;
-    ``policy``: precision and memory format (None: fp32, NCHW). The model must already be
-    prepared for ``policy`` (:meth:`~bioflow.models.precision.Policy.prepare_model`)."""
-    dev = device_of(model)
+def make_tensor_predict_fn(model, tta: dict | None = None, policy: precision.Policy | None = None):
+    """``(B, *spatial, c)`` float32 tensor on the model's device -> ``(B, *spatial, K)`` softmax
+    probabilities there; ``tta``: :func:`~bioflow.data.augment.tta_flags` of the training
+    augmentation, or None; ``policy``: precision and memory format (None: fp32, NCHW). The model
+    must already be prepared for ``policy`` (:meth:`~bioflow.models.precision.Policy.prepare_model`)."""
 
     def probs(x):
         with policy.autocast() if policy is not None else contextlib.nullcontext():
             logits = model(x)
         return torch.softmax(logits.float(), dim=1)
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def run(x: torch.Tensor) -> torch.Tensor:
         # (B, *spatial, c) viewed as (B, c, *spatial) is already channels-last: no copy
-        x = torch.from_numpy(np.ascontiguousarray(batch)).movedim(-1, 1)
-        x = x.to(dev) if policy is not None and policy.channels_last else x.contiguous().to(dev)
+        x = x.movedim(-1, 1)
+        x = x if policy is not None and policy.channels_last else x.contiguous()
         with torch.inference_mode():
-            p = predict_tta(probs, x, tta, dense=True)
-        return p.movedim(1, -1).cpu().numpy()
+            return predict_tta(probs, x, tta, dense=True).movedim(1, -1)
+
+    return run
+
+
+def predict_in_memory(image: np.ndarray, predict_fn, plan: tiling.TilePlan, n_classes: int, blending: str,
+                      batch: int, dev: torch.device) -> np.ndarray:
+    """Tiled probabilities ``(*spatial, K)`` of an in-memory ``(*spatial, c)`` image, tiled on
+    ``dev`` (:func:`~bioflow.inference.tiling.predict_tiled_tensor`; ``predict_fn`` from
+    :func:`make_tensor_predict_fn`). The image crosses to the device once and its probabilities
+    come back once: on a GPU, the per-batch copies and host blending of the row-streaming
+    driver cost 4-7x the forward passes (``benchmarks/inference_speed.py``, H200)."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(dev, torch.float32)
+    probs = tiling.predict_tiled_tensor(x, predict_fn, plan, n_classes, blending, batch)
+    del x
+    return probs.cpu().numpy()
+
+
+def make_predict_fn(model, tta: dict | None = None, policy: precision.Policy | None = None):
+    """:func:`make_tensor_predict_fn` for numpy batches: ``(B, *spatial, c)`` float32 numpy ->
+    ``(B, *spatial, K)`` numpy probabilities (the tiles cross to the model's device and back)."""
+    dev = device_of(model)
+    run_t = make_tensor_predict_fn(model, tta, policy)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return run_t(torch.from_numpy(np.ascontiguousarray(batch)).to(dev)).cpu().numpy()
 
     return run
 
@@ -317,8 +340,10 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
     norm_cfg = cfg["data"]["normalization"]
     budget = float(memory_budget_mb if memory_budget_mb is not None else inf["memory_budget_mb"]) * 2**20
     # TTA uses only the transforms the model was trained with
-    predict_fn = make_predict_fn(model, tta_flags(cfg["train"]["augmentation"]) if inf["tta"] else None, policy)
+    tta = tta_flags(cfg["train"]["augmentation"]) if inf["tta"] else None
+    predict_fn = make_predict_fn(model, tta, policy)
     div = size_divisor(model)
+    dev = device_of(model)
     name = relative_name(entry)
     stem = Path(name).stem
     thr = float(inf["binarize_threshold"])
@@ -345,8 +370,10 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
         t0 = time.time()
         if not streamed:
             image = normalize(to_channels(src.read(0, spatial[0]), channels, entry["path"]), stats, norm_cfg)
-            padded = tiling.pad_image(image, plan)
-            reader = lambda a, b: padded[a:b]  # noqa: E731
+            reader = None  # tiled where the model is (predict_tiled_tensor)
+            if dev.type == "cuda" and need > torch.cuda.mem_get_info(dev)[0]:
+                padded = tiling.pad_image(image, plan)  # fits the host, not the GPU: blend on the host
+                reader = lambda a, b: padded[a:b]  # noqa: E731
         else:
             if norm_cfg["per_image"]:
                 # the numbers normalize() takes from the whole image, from one pass over its rows
@@ -369,12 +396,19 @@ def predict_image(entry: dict, manifest: dict, model, cfg: dict, stats, run_dir:
         outs = _Outputs(run_dir, stem, spatial, n_classes, argmax, streamed, thr)
         tiles = progress.Progress(f"predict {name}", len(plan), "tiles")
 
-        def counted(batch):
-            out = predict_fn(batch)
-            tiles.update(len(batch))
-            return out
+        def counted(fn):
+            def run(batch):
+                out = fn(batch)
+                tiles.update(len(batch))
+                return out
+            return run
         try:
-            tiling.predict_tiled(reader, counted, plan, n_classes, outs.write_rows, inf["blending"], batch)
+            if reader is None:
+                outs.write_rows(0, predict_in_memory(image, counted(make_tensor_predict_fn(model, tta, policy)),
+                                                     plan, n_classes, inf["blending"], batch, dev))
+            else:
+                tiling.predict_tiled(reader, counted(predict_fn), plan, n_classes, outs.write_rows,
+                                     inf["blending"], batch)
             tiles.close()
             outs.finish_tiled()
             if mask is not None and inf["patch_metrics"] == "tiled":

@@ -229,6 +229,42 @@ def predict_tiled(read_rows: Callable[[int, int], np.ndarray],
         run(pending)
 
 
+def predict_tiled_tensor(image, predict_fn, plan: TilePlan, n_out: int, blending: str = "gaussian",
+                         batch_size: int = 4):
+    """In-memory tiled prediction where ``image`` lives: a ``(*spatial, c)`` float32 torch tensor
+    -> ``(*spatial, n_out)`` float32 tensor on the same device. ``predict_fn`` maps a
+    ``(B, *tile, c)`` tensor to ``(B, *tile, n_out)`` on that device. Padding, cutting, blending
+    and the final division run there too, so on a GPU only the result crosses to the host (the
+    row-streaming :func:`predict_tiled` sends every batch's tiles and probabilities across).
+    Same geometry, weights and batches as :func:`predict_tiled`."""
+    import torch  # the numpy functions above stay torch-free
+
+    dev = image.device
+    padded = image
+    for ax, (b, a) in enumerate(plan.pad_width):
+        if b or a or padded.shape[ax] != plan.padded_shape[ax]:
+            idx = torch.from_numpy(pad_indices(image.shape[ax], b, a)).to(dev)
+            padded = padded.index_select(ax, idx)
+    w = torch.from_numpy(blending_weights(plan.core, blending)).to(dev)[..., None]
+    acc = torch.zeros((*plan.extent, n_out), dtype=torch.float32, device=dev)
+    wsum = torch.zeros((*plan.extent, 1), dtype=torch.float32, device=dev)
+    inner = tuple(slice(p, p + c) for p, c in zip(plan.padding, plan.core))
+    starts = plan.starts()
+    i = 0
+    for n in batch_sizes(len(starts), batch_size):
+        group, i = starts[i:i + n], i + n
+        tiles = torch.stack([padded[tuple(slice(s, s + t) for s, t in zip(st, plan.tile))] for st in group])
+        pred = predict_fn(tiles)
+        if tuple(pred.shape) != (len(group), *plan.tile, n_out):
+            raise ValueError(f"predict_fn returned {tuple(pred.shape)}, expected {(len(group), *plan.tile, n_out)}")
+        for st, pr in zip(group, pred):
+            dst = tuple(slice(s, s + c) for s, c in zip(st, plan.core))
+            acc[dst] += pr[inner] * w
+            wsum[dst] += w
+    crop = tuple(slice(0, n) for n in plan.image_shape)
+    return acc[crop] / wsum[crop]
+
+
 def predict_tiled_array(image: np.ndarray, predict_fn, plan_or_tile, n_out: int,
                         overlap: float = 0.25, padding: int = 0, blending: str = "gaussian",
                         batch_size: int = 4) -> np.ndarray:
