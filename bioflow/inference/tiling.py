@@ -20,6 +20,7 @@ same code serves in-memory arrays and chunk-by-chunk streaming (see ``bioflow.in
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -229,6 +230,17 @@ def predict_tiled(read_rows: Callable[[int, int], np.ndarray],
         run(pending)
 
 
+@functools.lru_cache(maxsize=2)  # a dataset of one image size hits it for every image
+def weight_sum(plan: TilePlan, blending: str) -> np.ndarray:
+    """The blending weights of every tile summed over the extent, ``(*extent,)`` float32: the
+    same for every image of ``plan``, so computed once per plan (two kept: one float per pixel)."""
+    w = blending_weights(plan.core, blending)
+    out = np.zeros(plan.extent, np.float32)
+    for st in plan.starts():
+        out[tuple(slice(s, s + c) for s, c in zip(st, plan.core))] += w
+    return out
+
+
 def predict_tiled_tensor(image, predict_fn, plan: TilePlan, n_out: int, blending: str = "gaussian",
                          batch_size: int = 4):
     """In-memory tiled prediction where ``image`` lives: a ``(*spatial, c)`` float32 torch tensor
@@ -247,22 +259,23 @@ def predict_tiled_tensor(image, predict_fn, plan: TilePlan, n_out: int, blending
             padded = padded.index_select(ax, idx)
     w = torch.from_numpy(blending_weights(plan.core, blending)).to(dev)[..., None]
     acc = torch.zeros((*plan.extent, n_out), dtype=torch.float32, device=dev)
-    wsum = torch.zeros((*plan.extent, 1), dtype=torch.float32, device=dev)
-    inner = tuple(slice(p, p + c) for p, c in zip(plan.padding, plan.core))
+    inner = (slice(None),) + tuple(slice(p, p + c) for p, c in zip(plan.padding, plan.core))
     starts = plan.starts()
     i = 0
+    # one weighting per batch and one addition per tile: on a GPU each small operation costs a
+    # kernel launch, and launches, not arithmetic, are what the blending costs there
     for n in batch_sizes(len(starts), batch_size):
         group, i = starts[i:i + n], i + n
         tiles = torch.stack([padded[tuple(slice(s, s + t) for s, t in zip(st, plan.tile))] for st in group])
         pred = predict_fn(tiles)
         if tuple(pred.shape) != (len(group), *plan.tile, n_out):
             raise ValueError(f"predict_fn returned {tuple(pred.shape)}, expected {(len(group), *plan.tile, n_out)}")
-        for st, pr in zip(group, pred):
-            dst = tuple(slice(s, s + c) for s, c in zip(st, plan.core))
-            acc[dst] += pr[inner] * w
-            wsum[dst] += w
+        weighted = pred[inner] * w
+        for st, wp in zip(group, weighted):
+            acc[tuple(slice(s, s + c) for s, c in zip(st, plan.core))] += wp
     crop = tuple(slice(0, n) for n in plan.image_shape)
-    return acc[crop] / wsum[crop]
+    wsum = torch.from_numpy(weight_sum(plan, blending)[crop]).to(dev)[..., None]
+    return acc[crop] / wsum
 
 
 def predict_tiled_array(image: np.ndarray, predict_fn, plan_or_tile, n_out: int,
