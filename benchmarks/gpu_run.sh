@@ -28,6 +28,8 @@ run classification_infer_b256 100 benchmarks/classification_infer_speed.py --out
     --cudnn-benchmark
 run classification_infer_b1024 80 benchmarks/classification_infer_speed.py --out "$WORK" --batch 1024 --reps 5
 run inference_speed 150 benchmarks/inference_speed.py --out "$WORK" --reps 5 --n-images 16
+run inference_speed_b32 90 benchmarks/inference_speed.py --out "$WORK/b32" --reps 5 --n-images 16 --batch 32 \
+    --cases 2d_3ch,3d
 run train_throughput 110 benchmarks/train_throughput.py --out "$WORK/train" --data "$DATA" --steps 60 --skip 10
 run predict_dsb2018 100 benchmarks/predict_dsb2018.py --out "$WORK/predict" --data "$DATA" --train-steps 1000 --reps 3
 run tiling_overhead 90 benchmarks/tiling_overhead.py --reps 3 --n-images 8

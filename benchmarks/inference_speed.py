@@ -117,7 +117,7 @@ def case(name: str, cfg: dict, images: list[np.ndarray], reps: int, dev: torch.d
     drivers_diff = float(np.abs(predict_in_memory(images[0], fn_t, plans[0], n_classes, inf["blending"], batch, dev)
                                 - tiling.predict_tiled_array(images[0], fn_auto, plans[0], n_classes,
                                                              blending=inf["blending"], batch_size=batch)).max())
-    out = {"case": name, "device": str(dev), "tiles": int(len(tiles)), "tiles_padding0": int(sum(len(p) for p in plans0)),
+    out = {"case": name, "device": str(dev), "batch": batch, "tiles": int(len(tiles)), "tiles_padding0": int(sum(len(p) for p in plans0)),
            "policy": auto.describe(), "seconds": {k: round(v, 3) for k, v in t.items()},
            "argmax_agreement_fast_vs_fp32": round(agree, 5), "max_abs_diff_device_vs_row_driver": drivers_diff,
            "ratio_bioflow_to_floor": round(t["bioflow"] / t["floor"], 3),
@@ -152,6 +152,7 @@ def main():
     p.add_argument("--cases", default="2d_1ch,2d_3ch,3d", help="comma-separated subset of 2d_1ch,2d_3ch,3d")
     p.add_argument("--quick", action="store_true", help="small images: a smoke test, not a measurement")
     p.add_argument("--n-images", type=int, default=0, help="images (volumes) per case (0: 2 in 2D, 1 in 3D)")
+    p.add_argument("--batch", type=int, default=0, help="tiles per forward pass (0: the template's inference.batch_size)")
     p.set_defaults(reps=2)
     args = p.parse_args()
     header(args)
@@ -159,7 +160,10 @@ def main():
     rng = np.random.default_rng(0)
     results = []
     for c in args.cases.split(","):
-        results.append(case(c, *case_inputs(c, rng, args.quick, args.n_images), args.reps, device(args)))
+        cfg, images = case_inputs(c, rng, args.quick, args.n_images)
+        if args.batch:
+            cfg["inference"]["batch_size"] = args.batch
+        results.append(case(c, cfg, images, args.reps, device(args)))
     (args.out / "inference_speed.json").write_text(json.dumps(results, indent=1))
 
 

@@ -252,12 +252,18 @@ def predict_tiled_tensor(image, predict_fn, plan: TilePlan, n_out: int, blending
     import torch  # the numpy functions above stay torch-free
 
     dev = image.device
+
+    def upload(a: np.ndarray):
+        # from pinned memory, without waiting: a copy from pageable memory first waits for every
+        # kernel queued on the GPU, leaving it idle while the next ones are queued
+        t = torch.from_numpy(a)
+        return t.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else t.to(dev)
+
     padded = image
     for ax, (b, a) in enumerate(plan.pad_width):
         if b or a or padded.shape[ax] != plan.padded_shape[ax]:
-            idx = torch.from_numpy(pad_indices(image.shape[ax], b, a)).to(dev)
-            padded = padded.index_select(ax, idx)
-    w = torch.from_numpy(blending_weights(plan.core, blending)).to(dev)[..., None]
+            padded = padded.index_select(ax, upload(pad_indices(image.shape[ax], b, a)))
+    w = upload(blending_weights(plan.core, blending))[..., None]
     acc = torch.zeros((*plan.extent, n_out), dtype=torch.float32, device=dev)
     inner = (slice(None),) + tuple(slice(p, p + c) for p, c in zip(plan.padding, plan.core))
     starts = plan.starts()
@@ -274,7 +280,7 @@ def predict_tiled_tensor(image, predict_fn, plan: TilePlan, n_out: int, blending
         for st, wp in zip(group, weighted):
             acc[tuple(slice(s, s + c) for s, c in zip(st, plan.core))] += wp
     crop = tuple(slice(0, n) for n in plan.image_shape)
-    wsum = torch.from_numpy(weight_sum(plan, blending)[crop]).to(dev)[..., None]
+    wsum = upload(np.ascontiguousarray(weight_sum(plan, blending)[crop]))[..., None]
     return acc[crop] / wsum
 
 
