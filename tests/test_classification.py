@@ -153,8 +153,9 @@ def test_fit_to_size_policies():
 def test_preprocessed_images_are_cached_once(make_cfg, pneumonia_folders, monkeypatch):
     from bioflow.data import classification as dc
     from bioflow.data.manifest import load_manifest
+    # num_workers 0: the reads are counted in this process (auto gives workers on a GPU machine)
     cfg = make_cfg(data={"train": str(pneumonia_folders / "train"), "test": str(pneumonia_folders / "test"),
-                         "val_split": 0.25, "patch_size": [28, 28]})
+                         "val_split": 0.25, "patch_size": [28, 28]}, train={"num_workers": 0})
     man, norm = _prepare(cfg)
     dc.clear_cache()
     calls = []
