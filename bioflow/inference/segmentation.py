@@ -101,7 +101,7 @@ def predict_in_memory(image: np.ndarray, predict_fn, plan: tiling.TilePlan, n_cl
     ``dev`` (:func:`~bioflow.inference.tiling.predict_tiled_tensor`; ``predict_fn`` from
     :func:`make_tensor_predict_fn`). The image crosses to the device once and its probabilities
     come back once: on a GPU, the per-batch copies and host blending of the row-streaming
-    driver cost 4-7x the forward passes (``benchmarks/inference_speed.py``, H200)."""
+    driver cost 5-7x the forward passes (``benchmarks/inference_speed.py``, H200)."""
     x = torch.from_numpy(np.ascontiguousarray(image)).to(dev, torch.float32)
     probs = tiling.predict_tiled_tensor(x, predict_fn, plan, n_classes, blending, batch)
     del x
