@@ -167,3 +167,21 @@ def test_preprocessed_images_are_cached_once(make_cfg, pneumonia_folders, monkey
         for b in dm.val_dataloader():
             assert b["image"].shape[1:] == (1, 28, 28)
     assert len(calls) == len(dm.val_dataset)  # read once, served from memory the second time
+
+
+class _Budgets(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        from bioflow.data import classification as dc
+        return dc._cache_budget()
+
+
+def test_cache_budget_is_split_between_loader_workers(monkeypatch):
+    # each worker process caches on its own: together they stay within BIOFLOW_CACHE_MB
+    from bioflow.data import classification as dc
+    monkeypatch.setenv("BIOFLOW_CACHE_MB", "100")
+    assert dc._cache_budget() == 100 * 2**20
+    got = [int(b) for b in torch.utils.data.DataLoader(_Budgets(), batch_size=None, num_workers=2)]
+    assert got == [50 * 2**20] * 4

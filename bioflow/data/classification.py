@@ -11,7 +11,7 @@ Size policy (``data.resize``) for images whose size differs from ``patch_size``:
   where smaller; pixel size is kept.
 
 Preprocessed images are cached in memory once per process (a module-level cache, bounded by
-``BIOFLOW_CACHE_MB``, default 4096), so small sets such as MedMNIST are read and
+``BIOFLOW_CACHE_MB``, default 4096, which DataLoader workers split), so small sets such as MedMNIST are read and
 normalized once for training and prediction alike.
 """
 
@@ -40,7 +40,10 @@ _CACHE_BYTES = [0]
 
 
 def _cache_budget() -> int:
-    return int(float(os.environ.get("BIOFLOW_CACHE_MB", 4096)) * 2 ** 20)
+    """This process's share of ``BIOFLOW_CACHE_MB``: each DataLoader worker holds its own cache,
+    so the workers split the budget (on a GPU node ``num_workers: auto`` starts up to 8)."""
+    info = torch.utils.data.get_worker_info()
+    return int(float(os.environ.get("BIOFLOW_CACHE_MB", 4096)) * 2 ** 20) // (info.num_workers if info else 1)
 
 
 def clear_cache() -> None:
