@@ -261,7 +261,7 @@ def predict_tiled_tensor(image, predict_fn, plan: TilePlan, n_out: int, blending
 
     padded = image
     for ax, (b, a) in enumerate(plan.pad_width):
-        if b or a or padded.shape[ax] != plan.padded_shape[ax]:
+        if b or a:  # no padding on this axis: it is already padded_shape (extent = image)
             padded = padded.index_select(ax, upload(pad_indices(image.shape[ax], b, a)))
     w = upload(blending_weights(plan.core, blending))[..., None]
     acc = torch.zeros((*plan.extent, n_out), dtype=torch.float32, device=dev)
