@@ -29,7 +29,8 @@ def parser(doc: str) -> argparse.ArgumentParser:
 def device(args) -> torch.device:
     """``--device`` as a ``torch.device`` (auto: cuda when available, else cpu)."""
     if args.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from bioflow.models.device import pick_device  # the stages' own choice
+        return pick_device("benchmark")
     return torch.device(args.device)
 
 
