@@ -8,7 +8,9 @@ because the config uses ``channels: 1`` and validate_dataset rejects a channel m
 
 Measured: foreground IoU pooled over every held-out pixel (``iou.per_image.foreground_pooled``)
 after 5, 10 and 15 minutes of training (the last checkpoint written before each mark; 15 = the
-best checkpoint the pipeline keeps), and, in the same run, a minimal hand-written baseline loop
+best checkpoint the pipeline keeps; the template predicts with test-time augmentation, and the
+best checkpoint is also scored without it, the previous default), and, in the same run, a
+minimal hand-written baseline loop
 (smp Unet resnet18, 256^2 random crops, BCE + Dice, batch 8, Adam 1e-3, fp32) trained for
 ``--baseline-minutes`` and scored on the same pixels with whole-image inference.
 
@@ -214,6 +216,11 @@ def main(argv=None):
         r = score(cfg, p, 1000 + int(mark))  # run folder dsb2018_10<mark>
         res["marks"][f"{mark:g}min"] = {"checkpoint_at_s": t, **r}
     res["marks"][f"{a.minutes:g}min_best"] = {"checkpoint_at_s": train_wall, **score(cfg, ckpt, 1)}
+    if cfg["inference"]["tta"]:
+        # same-run baseline: the same weights under the previous default (no test-time augmentation)
+        from bioflow.config import deep_update
+        no_tta = deep_update(cfg, {"inference": {"tta": False}})
+        res["marks"][f"{a.minutes:g}min_best_no_tta"] = {"checkpoint_at_s": train_wall, **score(no_tta, ckpt, 2)}
     if a.baseline_minutes > 0:
         res["baseline"] = baseline(data, a.baseline_minutes)
     out = Path(a.out) if a.out else work / "results.json"
