@@ -129,6 +129,7 @@ def _check_semseg_outputs(run: Path, n_test: int, ndim: int, post: bool):
 def test_semseg_2d_dsb2018(tmp_path):
     cfg = _semseg_cfg("semseg_2d.yaml", DEMO / "dsb2018", tmp_path, patch_size=[128, 128])
     cfg["model"]["encoder"] = "resnet18"
+    cfg["train"]["batch_size"] = 8  # a quarter of the template's steps' work: this checks the outputs, not accuracy
     run_snakemake(cfg, tmp_path)
     run = tmp_path / "results" / "my_semseg_2d" / "results" / "my_semseg_2d_1"
     m = _check_semseg_outputs(run, n_test=4, ndim=2, post=False)
