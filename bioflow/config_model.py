@@ -248,7 +248,8 @@ class Inference(_Section):
                               "probability of the positive class (class_names[1]; per label for multi-label). "
                               "argmax: the plain decision; youden / f1: chosen on the validation set at the "
                               "end of training (max sensitivity + specificity - 1 / max F1), stored in the "
-                              "checkpoint; auto: youden for binary and multi-label models, argmax for "
+                              "checkpoint, on the validation probabilities made as the test ones are "
+                              "(averaged over the TTA transforms when tta is on); auto: youden for binary and multi-label models, argmax for "
                               "multi-class ones (the templates' setting); a number: that threshold. "
                               "predictions.csv and the metrics keep the argmax decision beside the "
                               "thresholded one")

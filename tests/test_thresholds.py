@@ -146,6 +146,7 @@ def test_threshold_chosen_on_validation_travels_in_the_checkpoint_to_prediction(
                                                                                tmp_path):
     import torch
 
+    from bioflow.data.augment import tta_flags
     from bioflow.data.classification import ClassificationDataset
     from bioflow.data.manifest import load_manifest
     from bioflow.inference import classification as inference
@@ -173,6 +174,18 @@ def test_threshold_chosen_on_validation_travels_in_the_checkpoint_to_prediction(
     y = np.array([e["label"] for e in val])
     expected = thresholds.choose(probs[:, 1], y, "youden")
     assert rec["youden"]["threshold"] == pytest.approx(expected[0], abs=1e-4)
+    # and its TTA twin from the same model's validation probabilities averaged over the trained
+    # flips / quarter turns, the probabilities that prediction with inference.tta thresholds
+    flags = tta_flags(hp["cfg"]["train"]["augmentation"])
+    assert flags == {"flips": True, "rot90": True}
+    probs_tta = inference.predict_proba(model, torch.utils.data.DataLoader(ds, batch_size=8),
+                                        torch.device("cpu"), tta=flags)
+    assert not np.allclose(probs_tta, probs, atol=1e-6)  # TTA changed the probabilities
+    rec_tta = hp["validation_tta"]
+    assert rec_tta["kind"] == "binary" and rec_tta["n_val"] == 4
+    for method in thresholds.METHODS:
+        assert rec_tta[method]["threshold"] == pytest.approx(
+            thresholds.choose(probs_tta[:, 1], y, method)[0], abs=1e-4)
 
     out = call(cfg, "predict", 1)
     pred = pd.read_csv(out, keep_default_na=False)
@@ -202,10 +215,23 @@ def test_threshold_chosen_on_validation_travels_in_the_checkpoint_to_prediction(
     n_listed = sum(len(v) for v in mistakes["per_class"].values())
     assert page.count('style="image-rendering:pixelated"') == n_listed
 
+    # inference.tta takes the TTA record, without TTA the plain one (a marked threshold tells them apart)
+    marked = tmp_path / "marked.ckpt"
+    ck = torch.load(ckpt, weights_only=True)
+    ck["hyper_parameters"]["validation_tta"]["youden"]["threshold"] = 0.123
+    torch.save(ck, marked)
+    manifest_test = job(cfg, "predict", 1).input["manifest"]
+    for tta, expected_t in ((True, 0.123), (False, t)):
+        rd = tmp_path / f"marked_tta_{tta}"
+        rd.mkdir()
+        tcfg = {**cfg, "inference": {**cfg["inference"], "tta": tta}}
+        got = pd.read_csv(inference.predict(tcfg, 1, marked, manifest_test, rd), keep_default_na=False)
+        assert np.allclose(got["threshold"], expected_t, atol=1e-6)
+
     # a checkpoint from before the record: argmax still predicts, youden names the fix
     old = tmp_path / "old.ckpt"
     ck = torch.load(ckpt, weights_only=True)
-    del ck["hyper_parameters"]["validation"]
+    del ck["hyper_parameters"]["validation"], ck["hyper_parameters"]["validation_tta"]
     torch.save(ck, old)
     rd = tmp_path / "old_run"
     rd.mkdir()
@@ -214,6 +240,27 @@ def test_threshold_chosen_on_validation_travels_in_the_checkpoint_to_prediction(
     assert "pred_class_thresholded" not in plain and (plain["pred_class"] == pred["pred_class"]).all()
     with pytest.raises(BioflowError, match="inference.threshold: youden .* holds no validation record"):
         inference.predict(cfg, 1, old, job(cfg, "predict", 1).input["manifest"], rd)
+
+
+@pytest.mark.parametrize("n_classes, multilabel, augmentation, stored", [
+    (2, False, {"enabled": True, "flips": True, "rot90": False}, True),
+    (3, True, {"enabled": True, "flips": ["x"], "rot90": False}, True),
+    (3, False, {"enabled": True, "flips": True, "rot90": True}, False),  # multi-class: no threshold
+    (2, False, {"enabled": False, "flips": True, "rot90": True}, False),  # TTA = the plain pass
+    (2, False, {"enabled": True, "flips": False, "rot90": False}, False),
+])
+def test_a_tta_record_only_where_a_threshold_and_tta_exist(n_classes, multilabel, augmentation, stored):
+    from types import SimpleNamespace
+
+    from bioflow.inference.classification import validation_record
+    from bioflow.training.classification import tta_validation
+    module = SimpleNamespace(train_cfg={"augmentation": augmentation})
+    assert (tta_validation(module, None, multilabel, n_classes) is not None) == stored
+    plain, tta = {"youden": {"threshold": 0.4}}, {"youden": {"threshold": 0.6}}
+    assert validation_record({"validation": plain, "validation_tta": tta}, True) is tta
+    assert validation_record({"validation": plain, "validation_tta": tta}, False) is plain
+    assert validation_record({"validation": plain}, True) is plain  # older checkpoint / no TTA record
+    assert validation_record({}, True) is None
 
 
 @pytest.mark.parametrize("workflow, extra, ok", [

@@ -76,6 +76,14 @@ def predict_proba(model, loader, device, multilabel: bool = False, tta: dict | N
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
+def validation_record(hp: dict, tta: bool) -> dict | None:
+    """The checkpoint's validation record for predictions with (``validation_tta``) or without
+    (``validation``) test-time augmentation; a model trained without flips or rotations, or by
+    a bioflow older than the TTA record, has the plain one only (its TTA is the plain pass, or
+    close to it)."""
+    return (tta and hp.get("validation_tta")) or hp.get("validation")
+
+
 def _display_name(entry: dict, test_root: str | None) -> str:
     p = Path(entry["path"])
     if test_root:
@@ -107,8 +115,10 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[i
         raise BioflowError(f"data.metadata_csv: test images lack metadata; the model {ckpt_path} "
                            f"fuses metadata, add rows for the test images")
     inf = cfg["inference"]
-    # thresholds were chosen on the validation set at training (the checkpoint's record)
-    thr = thresholds.resolve(inf["threshold"], hp.get("validation"), len(names), multilabel, ckpt_path)
+    # thresholds were chosen on the validation set at training (the checkpoint's record), on
+    # probabilities made the way these are: with TTA when inference.tta is on
+    thr = thresholds.resolve(inf["threshold"], validation_record(hp, inf["tta"]), len(names), multilabel,
+                             ckpt_path)
     batch = int(inf["batch_size"]) * 4
     entries = entries[shards.part(len(entries), batch, shard)]
     ds = ClassificationDataset(manifest, entries, stats, train_data_cfg, None, multilabel,

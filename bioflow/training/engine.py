@@ -361,15 +361,16 @@ def provenance(summary: dict, manifest_path=None) -> dict:
             "training": {k: summary[k] for k in PROVENANCE_TRAINING}}
 
 
-def _copy_weights_only(src: Path, dst: Path, prov: dict) -> None:
+def _copy_weights_only(src: Path, dst: Path, prov: dict, extra: dict | None = None) -> None:
     """Copy a checkpoint without optimizer / scheduler state (inference needs neither), with
-    its provenance added to the hyper-parameters."""
+    its provenance and ``extra`` (plain data) added to the hyper-parameters."""
     ck = load_tensors(src, "checkpoint")
     for k in ("optimizer_states", "lr_schedulers"):
         ck.pop(k, None)
     validation = ck.pop("validation", None)  # BioflowModule.val_record of the best epoch
     ck["hyper_parameters"] = {**ck["hyper_parameters"], "provenance": prov,
-                              **({"validation": validation} if validation is not None else {})}
+                              **({"validation": validation} if validation is not None else {}),
+                              **plain(dict(extra or {}), "finalize")}
     with atomic_path(dst) as tmp:
         torch.save(ck, tmp)
 
@@ -532,14 +533,17 @@ def save_augmented_samples(datamodule, out_dir: Path, n: int, seed: int, class_n
 
 
 def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir,
-        monitor: str = "val_loss", mode: str = "min", manifest_path=None, summary_extra: dict | None = None) -> dict:
+        monitor: str = "val_loss", mode: str = "min", manifest_path=None, summary_extra: dict | None = None,
+        finalize: Callable[[Path], dict] | None = None) -> dict:
     """Train ``module`` on ``datamodule``; returns (and writes) ``run_dir/train_summary.json``.
 
     ``ckpt_path``: the declared best checkpoint ``<root>/checkpoints/<name>_<run_id>-best.ckpt``,
     written atomically at the end (weights + hyper_parameters + :func:`provenance`, no
     optimizer state). ``manifest_path``: the training manifest, hashed into the provenance.
     ``summary_extra``: what the run trained on (its cross-validation fold, image counts), added
-    to the summary.
+    to the summary. ``finalize(best)``: extra hyper-parameters computed from the best (working)
+    checkpoint, stored in the declared one (e.g. classification's validation record under
+    test-time augmentation); it runs on the first process only.
     """
     tc = cfg["train"]
     ckpt_path, run_dir = Path(ckpt_path), Path(run_dir)
@@ -666,6 +670,7 @@ def fit(cfg: dict, run_id, module: BioflowModule, datamodule, ckpt_path, run_dir
         "versions": library_versions(),
         **(summary_extra or {}),
     }
-    _copy_weights_only(Path(best), ckpt_path, provenance(summary, manifest_path))
+    extra = finalize(Path(best)) if finalize is not None else {}
+    _copy_weights_only(Path(best), ckpt_path, provenance(summary, manifest_path), extra)
     write_json(run_dir / "train_summary.json", summary)
     return summary
