@@ -173,10 +173,10 @@ def tta_validation(module: BioflowModule, dm: ClassificationDataModule, multilab
     record (:func:`bioflow.metrics.thresholds.validation_record`) of the best checkpoint's
     probabilities averaged over the test-time augmentation of ``inference.tta``.
 
-    Averaging over flips and rotations pulls probabilities towards the middle, so a threshold
-    chosen on plain validation probabilities is off for predictions made with TTA (PneumoniaMNIST:
-    Youden 0.424 on plain vs 0.542 on TTA probabilities, test accuracy 0.873 vs 0.889). Prediction
-    takes this record when ``inference.tta`` is on. None (nothing to store) for multi-class models
+    TTA probabilities are means over the transforms, distributed unlike one pass's, so a
+    threshold for them is chosen on their kind (PneumoniaMNIST, two models: Youden 0.424 on
+    plain vs 0.542 on TTA validation probabilities, and 0.389 vs 0.323; benchmarks/RESULTS.md).
+    Prediction takes this record when ``inference.tta`` is on. None (nothing to store) for multi-class models
     and for models trained without flips or rotations (TTA is then the plain pass). The pass
     runs in the precision the trainer used (``module.policy``), as the plain record did."""
     flags = tta_flags(module.train_cfg["augmentation"])
