@@ -252,15 +252,15 @@ def test_threshold_chosen_on_validation_travels_in_the_checkpoint_to_prediction(
 def test_a_tta_record_only_where_a_threshold_and_tta_exist(n_classes, multilabel, augmentation, stored):
     from types import SimpleNamespace
 
-    from bioflow.inference.classification import validation_record
+    from bioflow.inference.classification import threshold_record
     from bioflow.training.classification import tta_validation
     module = SimpleNamespace(train_cfg={"augmentation": augmentation})
     assert (tta_validation(module, None, multilabel, n_classes) is not None) == stored
     plain, tta = {"youden": {"threshold": 0.4}}, {"youden": {"threshold": 0.6}}
-    assert validation_record({"validation": plain, "validation_tta": tta}, True) is tta
-    assert validation_record({"validation": plain, "validation_tta": tta}, False) is plain
-    assert validation_record({"validation": plain}, True) is plain  # older checkpoint / no TTA record
-    assert validation_record({}, True) is None
+    assert threshold_record({"validation": plain, "validation_tta": tta}, True) is tta
+    assert threshold_record({"validation": plain, "validation_tta": tta}, False) is plain
+    assert threshold_record({"validation": plain}, True) is plain  # older checkpoint / no TTA record
+    assert threshold_record({}, True) is None
 
 
 @pytest.mark.parametrize("workflow, extra, ok", [

@@ -76,7 +76,7 @@ def predict_proba(model, loader, device, multilabel: bool = False, tta: dict | N
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
-def validation_record(hp: dict, tta: bool) -> dict | None:
+def threshold_record(hp: dict, tta: bool) -> dict | None:
     """The checkpoint's validation record for predictions with (``validation_tta``) or without
     (``validation``) test-time augmentation; a model trained without flips or rotations, or by
     a bioflow older than the TTA record, has the plain one only (its TTA is the plain pass, or
@@ -117,7 +117,7 @@ def predict(cfg: dict, run_id, ckpt_path, manifest_path, run_dir, shard: tuple[i
     inf = cfg["inference"]
     # thresholds were chosen on the validation set at training (the checkpoint's record), on
     # probabilities made the way these are: with TTA when inference.tta is on
-    thr = thresholds.resolve(inf["threshold"], validation_record(hp, inf["tta"]), len(names), multilabel,
+    thr = thresholds.resolve(inf["threshold"], threshold_record(hp, inf["tta"]), len(names), multilabel,
                              ckpt_path)
     batch = int(inf["batch_size"]) * 4
     entries = entries[shards.part(len(entries), batch, shard)]

@@ -176,9 +176,10 @@ def tta_validation(module: BioflowModule, dm: ClassificationDataModule, multilab
     TTA probabilities are means over the transforms, distributed unlike one pass's, so a
     threshold for them is chosen on their kind (PneumoniaMNIST, two models: Youden 0.424 on
     plain vs 0.542 on TTA validation probabilities, and 0.389 vs 0.323; benchmarks/RESULTS.md).
-    Prediction takes this record when ``inference.tta`` is on. None (nothing to store) for multi-class models
-    and for models trained without flips or rotations (TTA is then the plain pass). The pass
-    runs in the precision the trainer used (``module.policy``), as the plain record did."""
+    Prediction takes this record when ``inference.tta`` is on. None (nothing to store) for
+    multi-class models and for models trained without flips or rotations (TTA is then the plain
+    pass). The pass runs in the precision the trainer used (``module.policy``), as the plain
+    record did."""
     flags = tta_flags(module.train_cfg["augmentation"])
     if not (multilabel or n_classes == 2) or not (flags["flips"] or flags["rot90"]):
         return None
