@@ -96,20 +96,13 @@ def main(name: str, template: str, overrides: dict, targets: dict):
                          "result uses the template values)")
     args = ap.parse_args()
     import torch
-    import yaml
     from bioflow.config import deep_update
+    from perf_common import set_overrides
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     ov = deep_update(overrides, {"experiment": {"result_dir": args.out,
                                                 "name": f"{name}_{'baseline' if args.baseline else 'default'}"}})
-    for item in args.set:
-        key, val = item.split("=", 1)
-        node = cur = {}
-        parts = key.split(".")
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = yaml.safe_load(val)
-        ov = deep_update(ov, node)
+    ov = deep_update(ov, set_overrides(args.set))
     rev = args.baseline_rev if args.baseline else None
     cfg = template_cfg(template, ov, rev)
     t0 = time.time()

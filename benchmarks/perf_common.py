@@ -1,4 +1,5 @@
-"""Shared helpers of the speed benchmarks: templates, the machine line, interleaved timing."""
+"""Shared helpers of the benchmarks: templates, the machine line, interleaved timing, ``--set``
+overrides."""
 
 from __future__ import annotations
 
@@ -15,6 +16,21 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
+
+
+def set_overrides(items: list[str]) -> dict:
+    """``--set section.key=yaml_value`` items (exploration runs) as one nested dict, merged in
+    order (a later item wins; a dict value merges into what earlier items set)."""
+    from bioflow.config import deep_update
+    out: dict = {}
+    for item in items:
+        key, val = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node: dict = {leaf: yaml.safe_load(val)}
+        for p in reversed(parents):
+            node = {p: node}
+        out = deep_update(out, node)
+    return out
 
 
 def parser(doc: str) -> argparse.ArgumentParser:

@@ -168,19 +168,6 @@ def baseline(data: Path, minutes: float, seed: int = 0) -> dict:
             "tiles_per_s": round(tiles / train_s, 2), "iou_pooled": tp / (tp + fp + fn)}
 
 
-def overrides(items: list[str]) -> dict:
-    """``--set section.key=yaml_value`` items as one nested dict."""
-    out: dict = {}
-    for item in items:
-        key, val = item.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(val)
-    return out
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=15)
@@ -202,7 +189,8 @@ def main(argv=None):
 
     work = Path(a.work)
     data = build_folders(work)
-    cfg = make_cfg(work, data, a.minutes, overrides(a.set))
+    from perf_common import set_overrides
+    cfg = make_cfg(work, data, a.minutes, set_overrides(a.set))
     wf = workflows.get(cfg["experiment"]["workflow"])
     root = Path(Layout.of(cfg).root)
     ckpt = root / "checkpoints" / "dsb2018_1-best.ckpt"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -43,9 +43,9 @@ def probabilities(model, hp, manifest, split, tta, policy):
 
 
 def scores(t: float, p: np.ndarray, y: np.ndarray) -> dict:
-    pred = p >= t
-    return {"threshold": round(float(t), 4), "test_accuracy": round(float((pred == y).mean()), 4),
-            "test_balanced_accuracy": round(float(0.5 * (pred[y == 1].mean() + (~pred[y == 0]).mean())), 4)}
+    pred = (p >= t).astype(int)
+    return {"threshold": round(float(t), 4), "test_accuracy": round(float(accuracy_score(y, pred)), 4),
+            "test_balanced_accuracy": round(float(balanced_accuracy_score(y, pred)), 4)}
 
 
 def main(argv=None):
