@@ -88,7 +88,10 @@ def test_report_option_reruns_only_the_report(run):
 ], ids=["test_has_labels", "metrics", "runtime_train_keys"])
 def test_changes_outside_training_never_retrain(run, overrides, expected):
     cfg = changed_config(run, overrides, "outside_training")
-    assert planned_jobs(run["workdir"], cfg) == expected
+    # the dry run's own output in the message: this case failed now and then in full xdist runs
+    # (validate_test not planned), never alone; its "reason:" lines say what Snakemake saw
+    proc = snakemake(run["workdir"], cfg, "-n", "--cores", "2")
+    assert job_counts(proc.stdout + proc.stderr) == expected, (proc.stdout + proc.stderr)[-6000:]
 
 
 def test_another_test_set_revalidates_and_predicts_but_never_retrains(run):
